@@ -1,0 +1,76 @@
+"""Checkpoint files: written atomically, loaded with ``weights_only=True``, checksummed.
+
+A checkpoint is a plain ``torch.save`` dict ``{"state": {name: tensor},
+"meta": json-string, "sha256": hex}``. The digest covers every tensor's name,
+dtype, shape and bytes plus the meta, so a truncated file fails to load and a
+tampered one fails verification; both raise :class:`CorruptCheckpoint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from automtl.errors import UserError
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint that cannot be read or whose checksum does not match."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder + rename: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def digest(state: Mapping[str, Tensor], meta: str) -> str:
+    """sha256 over the tensors (name, dtype, shape, bytes, in name order) and the meta string."""
+    h = hashlib.sha256(meta.encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def save(path: str | Path, state: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> None:
+    """Atomically write ``state`` (tensors) and JSON-able ``meta`` with their checksum."""
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    meta_json = json.dumps(dict(meta or {}), sort_keys=True)
+    buffer = io.BytesIO()
+    torch.save({"state": state, "meta": meta_json, "sha256": digest(state, meta_json)}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint; raise CorruptCheckpoint if it is unreadable or altered."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state, meta_json, expected = payload["state"], payload["meta"], payload["sha256"]
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated zip, wrong format, missing keys: all mean "corrupt"
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if digest(state, meta_json) != expected:
+        raise CorruptCheckpoint(f"checkpoint {path} fails its checksum: it was altered after writing")
+    return state, json.loads(meta_json)

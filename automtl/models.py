@@ -1,0 +1,108 @@
+"""Shared-trunk multi-head networks (hard parameter sharing).
+
+Every network here is a :class:`MultiTaskNet`: a ``trunk`` of
+``Linear``/``Conv`` + ``ReLU`` blocks shared by all tasks, then one linear
+head per task. ``forward`` returns ``{task_name: logits}``.
+
+Architectures are a registry (``ARCHITECTURES``); ``cnn`` picks 1-D or 2-D
+convolutions from the input shape (``(C, L)`` or ``(C, H, W)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Mapping
+
+from torch import Tensor, nn
+
+from automtl.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network to build.
+
+    ``hidden`` are the widths of the fully connected trunk layers; ``channels``
+    are the convolution widths (``cnn`` only, each conv followed by 2x pooling
+    while the spatial size allows it).
+    """
+
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = (256, 128)
+    channels: tuple[int, ...] = (16, 32)
+
+    def override(self, **changes) -> "ModelSpec":
+        """A copy with some fields changed; unknown fields raise UserError."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise UserError(f"model has no field {unknown[0]!r}; allowed: arch, hidden, channels")
+        changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return {"arch": self.arch, "hidden": list(self.hidden), "channels": list(self.channels)}
+
+
+class MultiTaskNet(nn.Module):
+    """``trunk`` shared by every task, then ``heads[task]``."""
+
+    def __init__(self, trunk: nn.Sequential, heads: Mapping[str, nn.Module]):
+        super().__init__()
+        self.trunk = trunk
+        self.heads = nn.ModuleDict(dict(heads))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        features = self.trunk(x)
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+def _dense_blocks(in_features: int, hidden: tuple[int, ...]) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    return layers
+
+
+def _mlp(spec: ModelSpec, input_shape: tuple[int, ...]) -> tuple[list[nn.Module], int]:
+    layers = [nn.Flatten(), *_dense_blocks(math.prod(input_shape), spec.hidden)]
+    return layers, spec.hidden[-1] if spec.hidden else math.prod(input_shape)
+
+
+def _cnn(spec: ModelSpec, input_shape: tuple[int, ...]) -> tuple[list[nn.Module], int]:
+    if len(input_shape) not in (2, 3):
+        raise UserError(
+            f"model.arch 'cnn' needs inputs shaped (C, L) or (C, H, W), got {input_shape}; use 'mlp'"
+        )
+    conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(input_shape) == 2 else (nn.Conv2d, nn.MaxPool2d)
+    in_channels, *spatial = input_shape
+    layers: list[nn.Module] = []
+    for width in spec.channels:
+        layers += [conv(in_channels, width, kernel_size=3, padding=1), nn.ReLU()]
+        if min(spatial) >= 4:
+            layers.append(pool(2))
+            spatial = [s // 2 for s in spatial]
+        in_channels = width
+    flat = in_channels * math.prod(spatial)
+    layers += [nn.Flatten(), *_dense_blocks(flat, spec.hidden)]
+    return layers, spec.hidden[-1] if spec.hidden else flat
+
+
+ARCHITECTURES: dict[str, Callable[[ModelSpec, tuple[int, ...]], tuple[list[nn.Module], int]]] = {
+    "mlp": _mlp,
+    "cnn": _cnn,
+}
+
+
+def build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: Mapping[str, int]
+) -> MultiTaskNet:
+    """Build the trunk named by ``spec.arch`` and one linear head per task."""
+    if spec.arch not in ARCHITECTURES:
+        raise UserError(f"model.arch {spec.arch!r} is unknown; allowed: {sorted(ARCHITECTURES)}")
+    if any(w < 1 for w in (*spec.hidden, *spec.channels)):
+        raise UserError(f"model widths must be >= 1, got hidden={spec.hidden} channels={spec.channels}")
+    layers, features = ARCHITECTURES[spec.arch](spec, tuple(input_shape))
+    heads = {name: nn.Linear(features, classes) for name, classes in num_classes.items()}
+    return MultiTaskNet(nn.Sequential(*layers), heads)

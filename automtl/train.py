@@ -1,0 +1,168 @@
+"""Dense training, fine-tuning under fixed masks, per-task evaluation, the dense cache.
+
+:func:`fit` is the one training loop. Masks attached with
+``torch.nn.utils.prune`` are re-applied on every forward pass, so weights a
+strategy removed stay exactly zero while the network fine-tunes. With a
+``teacher``, each task's loss blends in knowledge distillation from the
+teacher's logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from automtl import checkpoints
+from automtl.models import ModelSpec
+from automtl.problems.base import Problem, Split
+from automtl.weighting import Static, Weighting
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings of one training run (Adam)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a ``teacher``: ``weight`` in [0, 1] of the blended loss."""
+
+    teacher: nn.Module
+    weight: float = 0.5
+    temperature: float = 2.0
+
+
+def task_losses(
+    model: nn.Module, problem: Problem, inputs: Tensor, targets: Mapping[str, Tensor],
+    distill: Distillation | None = None,
+) -> dict[str, Tensor]:
+    """Each task's loss on one batch (blended with distillation when given)."""
+    outputs = model(inputs)
+    losses = {t.name: t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks}
+    if distill is None or distill.weight == 0:
+        return losses
+    with torch.no_grad():
+        teacher_out = distill.teacher(inputs)
+    temp, w = distill.temperature, distill.weight
+    for name in losses:
+        kd = F.kl_div(
+            F.log_softmax(outputs[name] / temp, dim=1),
+            F.softmax(teacher_out[name] / temp, dim=1),
+            reduction="batchmean",
+        ) * temp**2
+        losses[name] = (1 - w) * losses[name] + w * kd
+    return losses
+
+
+def fit(
+    model: nn.Module,
+    problem: Problem,
+    config: TrainConfig,
+    seed: int,
+    weighting: Weighting | None = None,
+    distill: Distillation | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place on ``problem.train``; return each epoch's mean task losses."""
+    weighting = weighting or Static(problem.task_names)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if distill is not None:
+        distill.teacher.eval()
+    history = []
+    for _ in range(config.epochs):
+        model.train()
+        sums = {name: 0.0 for name in problem.task_names}
+        batches = 0
+        for inputs, targets in problem.train.batches(config.batch_size, generator):
+            losses = task_losses(model, problem, inputs, targets, distill)
+            optimizer.zero_grad(set_to_none=True)
+            weighting.combine(losses).backward()
+            optimizer.step()
+            for name, loss in losses.items():
+                sums[name] += loss.item()
+            batches += 1
+        history.append({name: total / batches for name, total in sums.items()})
+    return history
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, problem: Problem, split: Split, batch_size: int = 1024) -> dict[str, float]:
+    """Each task's metric over ``split`` (accuracy for the built-in problems)."""
+    model.eval()
+    outputs: dict[str, list[Tensor]] = {name: [] for name in problem.task_names}
+    for inputs, _ in split.batches(batch_size):
+        for name, logits in model(inputs).items():
+            if name in outputs:
+                outputs[name].append(logits)
+    return {
+        t.name: float(t.metric(torch.cat(outputs[t.name]), split.targets[t.name]))
+        for t in problem.tasks
+    }
+
+
+@dataclass
+class DenseModel:
+    """The trained dense network, where its checkpoint lives, and whether it came from cache."""
+
+    model: nn.Module
+    path: Path
+    cached: bool
+    seconds: float
+
+
+def cache_key(problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int) -> str:
+    """Digest of everything that determines the dense weights."""
+    identity = {
+        "problem": problem.name,
+        "options": {k: str(v) for k, v in problem.options.items()},
+        "data": problem.fingerprint(),
+        "model": spec.as_dict(),
+        "train": asdict(config),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def dense_model(
+    problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int, cache_dir: str | Path
+) -> DenseModel:
+    """Load the cached dense network for this key, or train it once and cache it.
+
+    A corrupt cache file is reported, discarded and retrained.
+    """
+    path = Path(cache_dir) / f"dense-{problem.name.replace(':', '_')}-{cache_key(problem, spec, config, seed)}.pt"
+    torch.manual_seed(seed)
+    model = problem.build_model(spec)
+    if path.exists():
+        try:
+            state, _ = checkpoints.load(path)
+            model.load_state_dict(state)
+            return DenseModel(model, path, cached=True, seconds=0.0)
+        except checkpoints.CorruptCheckpoint as exc:
+            log.warning("%s; retraining the dense model", exc)
+        except RuntimeError as exc:  # shapes do not fit this model
+            log.warning("cached dense checkpoint %s does not fit the model (%s); retraining", path, exc)
+    start = time.perf_counter()
+    fit(model, problem, config, seed)
+    seconds = time.perf_counter() - start
+    checkpoints.save(path, model.state_dict(), {
+        "problem": problem.name, "model": spec.as_dict(), "train": asdict(config), "seed": seed,
+        "seconds": seconds,
+    })
+    return DenseModel(model, path, cached=False, seconds=seconds)

@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+from automtl.cli import main
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "automtl", *args], capture_output=True, text=True, env=env)
+
+
+def test_problems_lists_tasks(capsys):
+    assert main(["problems", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["multidigits"]["tasks"] == ["left", "right"]
+    assert listing["mnist1d-pair"]["tasks"] == ["first", "second"]
+    assert "multimnist" in listing
+
+
+def test_train_prints_per_task_accuracy_and_reuses_cache(tmp_path, capsys):
+    args = ["train", "multidigits", "-o", "train_pairs=500", "-o", "eval_pairs=100",
+            "--hidden", "32", "--epochs", "2", "--cache-dir", str(tmp_path), "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert set(first["accuracy"]) == {"left", "right"} and not first["cached"]
+    assert first["model"]["hidden"] == [32]
+    assert main(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["cached"] and second["accuracy"] == first["accuracy"]
+
+
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    for args, message in [
+        (["train", "nosuch"], "problem 'nosuch' is unknown"),
+        (["train", "multidigits", "-o", "off=0"], "'off' must be an integer in [1, 8]"),
+        (["train", "multidigits", "--arch", "rnn"], "model.arch 'rnn' is unknown"),
+        (["train", "multidigits", "--epochs", "0"], "--epochs must be >= 1"),
+        (["train", "multimnist", "-o", f"root={tmp_path / 'mnist'}"], "does not exist"),
+    ]:
+        result = run_cli(*args, "--cache-dir", str(cache))
+        assert result.returncode == 2, result.stderr
+        assert message in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.stderr
+    assert not cache.exists()

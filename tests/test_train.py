@@ -1,0 +1,109 @@
+import logging
+
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from automtl import ModelSpec, TrainConfig, evaluate, get_problem
+import automtl.train as train_mod
+from automtl.train import Distillation, dense_model, fit
+
+SPEC = ModelSpec("mlp", (64, 32))
+QUICK = TrainConfig(epochs=2)
+
+
+def test_dense_cache_miss_then_hit(small_digits, tmp_path, monkeypatch):
+    first = dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path)
+    assert not first.cached and first.path.exists()
+    calls = []
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: calls.append(1))
+    second = dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path)
+    assert second.cached and second.path == first.path and not calls
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name])
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"config": TrainConfig(epochs=3)}, {"spec": ModelSpec("mlp", (32,))}])
+def test_dense_cache_key_covers_seed_epochs_and_model(small_digits, tmp_path, change):
+    base = {"spec": SPEC, "config": QUICK, "seed": 0}
+    a = dense_model(small_digits, cache_dir=tmp_path, **base)
+    b = dense_model(small_digits, cache_dir=tmp_path, **{**base, **change})
+    assert a.path != b.path and not b.cached
+
+
+def test_dense_cache_key_covers_the_data(tmp_path):
+    a = get_problem("multidigits", train_pairs=200, eval_pairs=50, off=2)
+    b = get_problem("multidigits", train_pairs=200, eval_pairs=50, off=3)
+    assert dense_model(a, SPEC, QUICK, 0, tmp_path).path != dense_model(b, SPEC, QUICK, 0, tmp_path).path
+
+
+def test_corrupt_cached_checkpoint_is_retrained_not_crashed_on(small_digits, tmp_path, caplog):
+    first = dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path)
+    first.path.write_bytes(first.path.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        again = dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path)
+    assert not again.cached
+    assert "unreadable" in caplog.text and "retraining" in caplog.text
+    assert dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path).cached
+
+
+def test_same_seed_gives_identical_metrics(small_digits, tmp_path):
+    metrics = [
+        evaluate(dense_model(small_digits, SPEC, QUICK, seed=7, cache_dir=tmp_path / str(i)).model,
+                 small_digits, small_digits.test)
+        for i in range(2)
+    ]
+    assert metrics[0] == metrics[1]
+
+
+def test_training_learns_both_tasks(small_digits, tmp_path):
+    dense = dense_model(small_digits, SPEC, TrainConfig(epochs=10), seed=0, cache_dir=tmp_path)
+    accuracy = evaluate(dense.model, small_digits, small_digits.test)
+    assert min(accuracy.values()) > 0.6  # chance is 0.1
+
+
+def test_fine_tuning_keeps_pruned_weights_at_zero(small_digits):
+    torch.manual_seed(0)
+    model = small_digits.build_model(SPEC)
+    layer = model.trunk[1]
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+    removed = layer.weight_mask == 0
+    teacher = small_digits.build_model(SPEC)
+    fit(model, small_digits, TrainConfig(epochs=1), seed=0, distill=Distillation(teacher, weight=0.5))
+    assert torch.all(layer.weight[removed] == 0)
+    assert layer.weight[~removed].abs().sum() > 0
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(small_digits):
+    torch.manual_seed(0)
+    teacher = small_digits.build_model(SPEC)
+    fit(teacher, small_digits, TrainConfig(epochs=3), seed=0)
+    inputs = small_digits.val.inputs
+
+    def disagreement(student):
+        with torch.no_grad():
+            s, t = student(inputs), teacher(inputs)
+        return sum((s[k].softmax(1) - t[k].softmax(1)).abs().mean().item() for k in s)
+
+    torch.manual_seed(1)
+    plain, distilled = small_digits.build_model(SPEC), small_digits.build_model(SPEC)
+    distilled.load_state_dict(plain.state_dict())
+    fit(plain, small_digits, QUICK, seed=0)
+    fit(distilled, small_digits, QUICK, seed=0, distill=Distillation(teacher, weight=0.9))
+    assert disagreement(distilled) < disagreement(plain)
+
+
+@pytest.mark.slow
+def test_default_multidigits_reaches_90_percent_on_both_tasks(tmp_path):
+    problem = get_problem("multidigits", off=2, seed=0)
+    dense = dense_model(problem, ModelSpec("mlp", (256, 128)), TrainConfig(), seed=0, cache_dir=tmp_path)
+    accuracy = evaluate(dense.model, problem, problem.test)
+    assert min(accuracy.values()) >= 0.90, accuracy
+
+
+@pytest.mark.slow
+def test_mnist1d_pair_trains_well_above_chance(tmp_path):
+    problem = get_problem("mnist1d-pair", num_samples=4000, seed=0)
+    dense = dense_model(problem, problem.default_model, TrainConfig(epochs=10), seed=0, cache_dir=tmp_path)
+    accuracy = evaluate(dense.model, problem, problem.test)
+    assert min(accuracy.values()) > 0.3, accuracy
