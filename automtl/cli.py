@@ -21,6 +21,7 @@ from rich.table import Table
 from automtl import api
 from automtl.errors import UserError
 from automtl.problems import PROBLEMS
+from automtl.pruning import STRATEGIES
 from automtl.train import TrainConfig
 
 console = Console()
@@ -52,6 +53,25 @@ def cmd_problems(args: argparse.Namespace) -> None:
     console.print("User problems: pass 'package.module:function' (it must return automtl.Problem).")
 
 
+def cmd_strategies(args: argparse.Namespace) -> None:
+    listing = {
+        name: {
+            "threshold": s.threshold.symbol, "low": s.threshold.low, "high": s.threshold.high,
+            "meaning": s.threshold.meaning, "structured": s.structured, "summary": s.summary(),
+        }
+        for name, s in sorted(STRATEGIES.items())
+    }
+    if args.json:
+        print(json.dumps(listing))
+        return
+    table = Table("strategy", "kind", "threshold", "range", "meaning")
+    for name, row in listing.items():
+        kind = "structured" if row["structured"] else "unstructured"
+        table.add_row(name, kind, row["threshold"], f"[{row['low']:g}, {row['high']:g}]", row["meaning"])
+    console.print(table)
+    console.print("Higher thresholds never remove less. Details: docs/strategies.md")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     model = {k: v for k, v in {"arch": args.arch, "hidden": args.hidden, "channels": args.channels}.items() if v is not None}
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
@@ -81,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("problems", help="list the built-in problems and their tasks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_problems)
+
+    p = sub.add_parser("strategies", help="list the pruning strategies and their thresholds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_strategies)
 
     p = sub.add_parser("train", help="train and evaluate the dense model of a problem")
     p.add_argument("problem", help="a built-in problem name or 'package.module:function'")

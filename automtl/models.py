@@ -57,6 +57,18 @@ class MultiTaskNet(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
+def task_outputs(output, task_names: list[str]) -> dict[str, Tensor]:
+    """A model's outputs keyed by task: a dict as is, a tuple/list in task order."""
+    if isinstance(output, dict):
+        return output
+    if isinstance(output, (tuple, list)) and len(output) == len(task_names):
+        return dict(zip(task_names, output))
+    raise UserError(
+        f"a multi-task model must return a dict keyed by task or a tuple of {len(task_names)} "
+        f"outputs (one per task {task_names}), got {type(output).__name__}"
+    )
+
+
 def _dense_blocks(in_features: int, hidden: tuple[int, ...]) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for width in hidden:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automtl import checkpoints
-from automtl.models import ModelSpec
+from automtl.models import ModelSpec, task_outputs
 from automtl.problems.base import Problem, Split
 from automtl.weighting import Static, Weighting
 
@@ -53,12 +53,12 @@ def task_losses(
     distill: Distillation | None = None,
 ) -> dict[str, Tensor]:
     """Each task's loss on one batch (blended with distillation when given)."""
-    outputs = model(inputs)
+    outputs = task_outputs(model(inputs), problem.task_names)
     losses = {t.name: t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks}
     if distill is None or distill.weight == 0:
         return losses
     with torch.no_grad():
-        teacher_out = distill.teacher(inputs)
+        teacher_out = task_outputs(distill.teacher(inputs), problem.task_names)
     temp, w = distill.temperature, distill.weight
     for name in losses:
         kd = F.kl_div(
@@ -107,9 +107,8 @@ def evaluate(model: nn.Module, problem: Problem, split: Split, batch_size: int =
     model.eval()
     outputs: dict[str, list[Tensor]] = {name: [] for name in problem.task_names}
     for inputs, _ in split.batches(batch_size):
-        for name, logits in model(inputs).items():
-            if name in outputs:
-                outputs[name].append(logits)
+        for name, logits in task_outputs(model(inputs), problem.task_names).items():
+            outputs[name].append(logits)
     return {
         t.name: float(t.metric(torch.cat(outputs[t.name]), split.targets[t.name]))
         for t in problem.tasks

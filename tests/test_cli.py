@@ -17,6 +17,16 @@ def test_problems_lists_tasks(capsys):
     assert "multimnist" in listing
 
 
+def test_strategies_lists_all_eight_with_threshold_ranges(capsys):
+    assert main(["strategies", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert sorted(listing) == ["activation", "clustering", "entropy", "magnitude",
+                               "random", "sparse_opt", "stability", "taylor"]
+    for row in listing.values():
+        assert row["low"] < row["high"] and row["meaning"] and row["threshold"]
+    assert listing["activation"]["structured"] and not listing["magnitude"]["structured"]
+
+
 def test_train_prints_per_task_accuracy_and_reuses_cache(tmp_path, capsys):
     args = ["train", "multidigits", "-o", "train_pairs=500", "-o", "eval_pairs=100",
             "--hidden", "32", "--epochs", "2", "--cache-dir", str(tmp_path), "--json"]

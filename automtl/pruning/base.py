@@ -1,0 +1,165 @@
+"""The strategy protocol, its registry, and the context every strategy receives.
+
+A :class:`Strategy` is a pruning *criterion* with one threshold whose meaning
+and range are documented in its :class:`ThresholdSpec`. It scores the model
+(already carrying earlier strategies' masks) on calibration data and removes
+what scores below its threshold through :mod:`automtl.pruning.layers`.
+
+Example:
+    >>> from automtl.pruning import STRATEGIES
+    >>> STRATEGIES["magnitude"].threshold.high
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from automtl.errors import UserError
+from automtl.problems.base import Problem, Split
+from automtl.pruning.layers import Layer, discover
+
+Aggregate = Literal["max", "mean", "min"]
+AGGREGATES: dict[str, callable] = {
+    "max": lambda s: s.max(dim=0).values,  # keep what any task needs
+    "mean": lambda s: s.mean(dim=0),
+    "min": lambda s: s.min(dim=0).values,
+}
+HEADS = ("exclude", "include")
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """A strategy's threshold: its symbol, what it means, its allowed range, its natural scale."""
+
+    symbol: str
+    meaning: str
+    low: float
+    high: float
+    log: bool = False
+
+    def validate(self, strategy: str, value: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"strategy {strategy!r}: threshold {self.symbol} must be a number, got {value!r}")
+        if not math.isfinite(value) or not self.low <= value <= self.high:
+            raise UserError(
+                f"strategy {strategy!r}: threshold {self.symbol} must be in "
+                f"[{self.low:g}, {self.high:g}], got {value!r}"
+            )
+        return float(value)
+
+
+@dataclass
+class PruneContext:
+    """What a strategy may look at besides the model.
+
+    ``aggregate`` combines per-task scores (``max`` keeps what any task needs);
+    ``heads`` says whether output layers' weights may be pruned (their units,
+    the classes, never are).
+    """
+
+    problem: Problem
+    calibration: Split
+    layers: list[Layer]
+    aggregate: Aggregate = "max"
+    heads: Literal["exclude", "include"] = "exclude"
+    seed: int = 0
+    batch_size: int = 128
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise UserError(f"aggregate {self.aggregate!r} is unknown; allowed: {sorted(AGGREGATES)}")
+        if self.heads not in HEADS:
+            raise UserError(f"heads {self.heads!r} is unknown; allowed: {list(HEADS)}")
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def create(cls, model: nn.Module, problem: Problem, calibration_size: int = 1024, **kwargs) -> "PruneContext":
+        """A context whose calibration set is a seeded sample of the training split."""
+        seed = kwargs.get("seed", 0)
+        n = min(calibration_size, len(problem.train))
+        idx = torch.randperm(len(problem.train), generator=torch.Generator().manual_seed(seed))[:n]
+        calibration = Split(problem.train.inputs[idx], {k: v[idx] for k, v in problem.train.targets.items()})
+        layers = discover(model, calibration.inputs, problem.task_names)
+        return cls(problem=problem, calibration=calibration, layers=layers, **kwargs)
+
+    @property
+    def hidden_layers(self) -> list[Layer]:
+        """Layers whose output units (neurons / channels) may be removed whole."""
+        return [layer for layer in self.layers if not layer.is_output]
+
+    @property
+    def weight_layers(self) -> list[Layer]:
+        """Layers whose individual weights may be removed."""
+        return [layer for layer in self.layers if self.heads == "include" or not layer.is_output]
+
+    def combine(self, per_task: list[Tensor]) -> Tensor:
+        """Aggregate per-task scores of one layer, each already normalised to [0, 1].
+
+        Tasks whose score is identically zero there (e.g. another task's head) are ignored.
+        """
+        reaching = [s for s in per_task if s.any()] or per_task
+        return AGGREGATES[self.aggregate](torch.stack(reaching))
+
+
+def normalise(scores: Tensor) -> Tensor:
+    """Scale non-negative scores to [0, 1] by their maximum (all-zero stays zero)."""
+    top = scores.max()
+    return scores / top if top > 0 else scores
+
+
+def lowest_fraction(scores: Tensor, candidates: Tensor, fraction: float) -> Tensor:
+    """Bool mask of the ``floor(fraction * #candidates)`` lowest-scoring candidates.
+
+    Ties break by position, so a larger fraction always removes a superset.
+    """
+    flat_scores, flat_candidates = scores.flatten(), candidates.flatten()
+    count = math.floor(fraction * int(flat_candidates.sum()))
+    remove = torch.zeros_like(flat_candidates)
+    if count > 0:
+        ranked = torch.where(flat_candidates, flat_scores, torch.inf)
+        order = torch.sort(ranked, stable=True).indices[:count]
+        remove[order] = True
+    return remove.view_as(candidates)
+
+
+class Strategy(ABC):
+    """A pruning criterion with one normalised threshold."""
+
+    name: ClassVar[str]
+    threshold: ClassVar[ThresholdSpec]
+    structured: ClassVar[bool]
+
+    def __call__(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
+        """Validate ``value`` and prune; returns how many units (structured) or weights were removed."""
+        return self.prune(model, ctx, self.threshold.validate(self.name, value))
+
+    @abstractmethod
+    def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
+        """Add masks to ``model`` for what scores below ``value``."""
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: add one instance of the strategy to ``STRATEGIES`` under ``cls.name``."""
+    STRATEGIES[cls.name] = cls()
+    return cls
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise UserError(f"strategy {name!r} is unknown; allowed: {sorted(STRATEGIES)}")
+    return STRATEGIES[name]

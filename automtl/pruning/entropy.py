@@ -1,0 +1,43 @@
+"""``entropy``: structured removal of units whose activations carry little information."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from automtl.pruning.activations import unit_activations
+from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
+from automtl.pruning.layers import remove_units
+
+BINS = 16
+
+
+def normalised_entropy(acts: Tensor, bins: int = BINS) -> Tensor:
+    """Per column of ``(N, units)``: entropy of its histogram over the layer's value range, / log(bins)."""
+    low, high = acts.min(), acts.max()
+    if high <= low:
+        return torch.zeros(acts.shape[1])
+    index = ((acts - low) / (high - low) * bins).long().clamp_(max=bins - 1)
+    counts = torch.zeros(acts.shape[1], bins).scatter_add_(1, index.T, torch.ones_like(index.T, dtype=torch.float32))
+    p = counts / counts.sum(1, keepdim=True)
+    return -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(bins)
+
+
+@register
+class Entropy(Strategy):
+    """Remove neurons/channels whose activation entropy (16 bins over the layer's range, / log 16) is below tau_e."""
+
+    name = "entropy"
+    structured = True
+    threshold = ThresholdSpec(
+        "tau_e", "activation entropy normalised to [0, 1] (0 = constant unit, 1 = uniform over 16 bins)", 0.0, 1.0
+    )
+
+    def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
+        acts = unit_activations(model, ctx.hidden_layers, ctx.calibration.inputs)
+        return sum(
+            remove_units(layer, normalised_entropy(acts[layer.name]) < value, self.name)
+            for layer in ctx.hidden_layers
+        )

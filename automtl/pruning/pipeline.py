@@ -1,0 +1,123 @@
+"""Apply strategies in order and account for sparsity honestly.
+
+Definitions (ShrinkBench's):
+
+* **prunable parameters** — weights and biases of every Linear/Conv layer in
+  scope (hidden layers, plus output layers when ``heads="include"``);
+* **sparsity** — zero prunable parameters / prunable parameters;
+* **compression ratio** — all model parameters / non-zero model parameters;
+* **empty units** — hidden neurons/channels whose incoming weights and bias are
+  all zero (these can be physically removed on export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from torch import nn
+
+from automtl.pruning.base import PruneContext, get_strategy
+from automtl.pruning.layers import Layer, effective
+
+
+@dataclass
+class LayerStats:
+    parameters: int
+    zeros: int
+    units: int
+    empty_units: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.parameters if self.parameters else 0.0
+
+
+@dataclass
+class StepReport:
+    strategy: str
+    threshold: float
+    removed: int
+    sparsity: float
+
+
+@dataclass
+class PipelineReport:
+    layers: dict[str, LayerStats]
+    total_parameters: int
+    nonzero_parameters: int
+    steps: list[StepReport] = field(default_factory=list)
+
+    @property
+    def prunable_parameters(self) -> int:
+        return sum(s.parameters for s in self.layers.values())
+
+    @property
+    def sparsity(self) -> float:
+        return sum(s.zeros for s in self.layers.values()) / max(1, self.prunable_parameters)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.total_parameters / max(1, self.nonzero_parameters)
+
+    @property
+    def empty_units(self) -> int:
+        return sum(s.empty_units for s in self.layers.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "sparsity": self.sparsity,
+            "compression_ratio": self.compression_ratio,
+            "empty_units": self.empty_units,
+            "prunable_parameters": self.prunable_parameters,
+            "total_parameters": self.total_parameters,
+            "nonzero_parameters": self.nonzero_parameters,
+            "layers": {name: {**asdict(s), "sparsity": s.sparsity} for name, s in self.layers.items()},
+            "steps": [asdict(s) for s in self.steps],
+        }
+
+
+def _layer_stats(layer: Layer, in_scope_weights: bool) -> LayerStats:
+    weight = effective(layer.module)
+    bias = effective(layer.module, "bias")
+    empty_rows = weight.flatten(1).eq(0).all(dim=1)
+    if bias is not None:
+        empty_rows &= bias.eq(0)
+    params = [weight] + ([bias] if bias is not None else [])
+    return LayerStats(
+        parameters=sum(p.numel() for p in params) if in_scope_weights else 0,
+        zeros=sum(int(p.eq(0).sum()) for p in params) if in_scope_weights else 0,
+        units=layer.units,
+        empty_units=0 if layer.is_output else int(empty_rows.sum()),
+    )
+
+
+def measure(model: nn.Module, ctx: PruneContext) -> PipelineReport:
+    """Sparsity, compression ratio and empty units of ``model`` as it is now."""
+    in_scope = {layer.name for layer in ctx.weight_layers}
+    total = nonzero = 0
+    for name, param in model.named_parameters():
+        if name.endswith("_orig"):
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            value = effective(module, name.rsplit(".", 1)[1][: -len("_orig")])
+        else:
+            value = param.detach()
+        total += value.numel()
+        nonzero += int(value.ne(0).sum())
+    return PipelineReport(
+        layers={layer.name: _layer_stats(layer, layer.name in in_scope) for layer in ctx.layers},
+        total_parameters=total,
+        nonzero_parameters=nonzero,
+    )
+
+
+def apply(model: nn.Module, steps: Sequence[tuple[str, float]], ctx: PruneContext) -> PipelineReport:
+    """Apply ``(strategy, threshold)`` steps in order; masks compose. Validates all steps first."""
+    resolved = [(get_strategy(name), get_strategy(name).threshold.validate(name, value)) for name, value in steps]
+    reports = []
+    for strategy, value in resolved:
+        removed = strategy(model, ctx, value)
+        reports.append(StepReport(strategy.name, value, removed, measure(model, ctx).sparsity))
+    final = measure(model, ctx)
+    final.steps = reports
+    return final

@@ -1,0 +1,31 @@
+"""Write one benchmark's section of docs/BENCHMARKS.md (between its own markers), atomically."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from automtl.checkpoints import atomic_write_bytes
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nFigures written by the scripts in `benchmarks/`; each section says how to reproduce it.\n"
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU")
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or append) the section ``name`` of docs/BENCHMARKS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else HEADER
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_bytes(BENCHMARKS_MD, text.encode())
