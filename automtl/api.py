@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+
+from automtl import config as config_mod
+from automtl import pareto, progress
+from automtl.backends import local
+from automtl.config import SearchConfig
+from automtl.errors import UserError
 from automtl.problems import get_problem
+from automtl.rundir import STUDY, RunDir
 from automtl.train import TrainConfig, dense_model, evaluate
+from automtl.trial import Bench, objectives
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def default_cache_dir() -> Path:
@@ -60,3 +73,107 @@ def train_dense(
         cached=dense.cached,
         train_seconds=dense.seconds,
     )
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search was stopped (Ctrl-C / SIGTERM); finished trials are safe in the run directory."""
+
+    def __init__(self, run_dir: str):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+
+
+@dataclass
+class SearchSummary:
+    run_dir: str
+    status: dict
+    front: list[dict]
+    dense_accuracy: dict[str, float]
+
+
+def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_config: bool) -> SearchConfig:
+    """Check what may be done with ``run``; on resume, return the stored config with the new budget."""
+    if resume:
+        run.require()
+        stored = run.load_config()
+        if explicit_config and stored.study_identity() != config.study_identity():
+            old, new = stored.study_identity(), config.study_identity()
+            field = next(k for k in new if old.get(k) != new.get(k))
+            raise UserError(
+                f"--resume: the config differs from the one {run.path} was started with in {field!r} "
+                f"({old.get(field)!r} there, {new.get(field)!r} now); only trials, timeout and workers may change"
+            )
+        return stored.model_copy(update={k: getattr(config, k) for k in ("trials", "timeout", "workers")})
+    if run.exists():
+        raise UserError(f"{run.path} already holds a search; pass --resume to continue it or choose another --run-dir")
+    leftovers = {p.name for p in run.path.iterdir()} - {"config.yaml", ".lock", ".ask.lock", "dense"} if run.path.is_dir() else set()
+    if leftovers:
+        raise UserError(f"{run.path} exists and holds other files ({sorted(leftovers)[:3]}…); choose an empty or new --run-dir")
+    return config
+
+
+def search(
+    config_path: str | Path,
+    overrides: list[str] = (),
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    on_progress=None,
+) -> SearchSummary:
+    """Run (or resume) the joint search described by a search-space file.
+
+    Everything is validated (file, problem, tasks) before anything is written.
+
+    Example:
+        >>> summary = search("search_spaces/smoke.yaml", ["trials=4"], "runs/demo")  # doctest: +SKIP
+        >>> summary.front[0]["order"]
+        ['activation', 'magnitude']
+    """
+    config = config_mod.load(config_path, list(overrides))
+    run = RunDir(run_dir or Path("runs") / config.name)
+    config = _prepare_run_dir(config, run, resume, explicit_config=True)
+    problem = config.problem.build(config.seed)
+    config.check(problem.task_names)
+    problem.default_model.override(**config.model.overrides())  # refuses bad model fields early
+    with run.exclusive():
+        run.write_config(config)
+        bench = Bench.prepare(config, run.path, problem)
+        names = objectives(config, problem.task_names)
+        if resume:
+            study = run.load_study()
+            stale = local.mark_interrupted(study)
+            if stale:
+                log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
+        else:
+            study = optuna.create_study(
+                study_name=STUDY, storage=run.storage(), directions=[d for _, d in names]
+            )
+            study.set_metric_names([n for n, _ in names])
+            for key, value in {
+                "objectives": [n for n, _ in names], "directions": [d for _, d in names],
+                "tasks": problem.task_names, "total_parameters": sum(p.numel() for p in bench.dense.parameters()),
+                "dense_test_accuracy": evaluate(bench.dense, problem, problem.test),
+                "dense_val_accuracy": evaluate(bench.dense, problem, problem.val),
+            }.items():
+                study.set_user_attr(key, value)
+        try:
+            local.run(run, config, bench, on_progress)
+        except KeyboardInterrupt:
+            raise SearchInterrupted(str(run.path)) from None
+        study = run.load_study()
+        return SearchSummary(
+            run_dir=str(run.path),
+            status=progress.take(study, config.trials).as_dict(),
+            front=[pareto.describe(t) for t in pareto.front(study)],
+            dense_accuracy=study.user_attrs["dense_test_accuracy"],
+        )
+
+
+def status(run_dir: str | Path) -> dict:
+    """Trial counts by state, budget, front size, hypervolume and time spent."""
+    run = RunDir(run_dir).require()
+    return progress.take(run.load_study(), run.load_config().trials).as_dict()
+
+
+def pareto_front(run_dir: str | Path) -> list[dict]:
+    """The Pareto trials of a run, decoded."""
+    return [pareto.describe(t) for t in pareto.front(RunDir(run_dir).require().load_study())]

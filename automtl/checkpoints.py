@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -52,10 +53,47 @@ def digest(state: Mapping[str, Tensor], meta: str) -> str:
     return h.hexdigest()
 
 
-def save(path: str | Path, state: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> None:
-    """Atomically write ``state`` (tensors) and JSON-able ``meta`` with their checksum."""
+SPARSE_KEY = "sparse_layout"
+
+
+def _pack(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
+    """Store mostly-zero floating tensors as their non-zero values plus a 1-bit-per-entry bitmap."""
+    packed, layout = {}, {}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.numel() >= 64 and tensor.eq(0).float().mean() > 0.5:
+            present = tensor.ne(0).flatten()
+            packed[f"{name}.values"] = tensor.flatten()[present].clone()
+            packed[f"{name}.bitmap"] = torch.from_numpy(np.packbits(present.numpy()))
+            layout[name] = list(tensor.shape)
+        else:
+            packed[name] = tensor
+    return packed, layout
+
+
+def _unpack(packed: dict[str, Tensor], layout: Mapping[str, list[int]]) -> dict[str, Tensor]:
+    state = {k: v for k, v in packed.items() if k.rsplit(".", 1)[0] not in layout}
+    for name, shape in layout.items():
+        values, bitmap = packed[f"{name}.values"], packed[f"{name}.bitmap"]
+        n = int(np.prod(shape))
+        present = torch.from_numpy(np.unpackbits(bitmap.numpy(), count=n).astype(bool))
+        dense = torch.zeros(n, dtype=values.dtype)
+        dense[present] = values
+        state[name] = dense.view(shape)
+    return state
+
+
+def save(
+    path: str | Path, state: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None, compact: bool = False
+) -> None:
+    """Atomically write ``state`` (tensors) and JSON-able ``meta`` with their checksum.
+
+    ``compact`` stores mostly-zero tensors as values + bitmap; :func:`load` restores them.
+    """
     state = {k: v.detach().cpu() for k, v in state.items()}
-    meta_json = json.dumps(dict(meta or {}), sort_keys=True)
+    meta = dict(meta or {})
+    if compact:
+        state, meta[SPARSE_KEY] = _pack(state)
+    meta_json = json.dumps(meta, sort_keys=True)
     buffer = io.BytesIO()
     torch.save({"state": state, "meta": meta_json, "sha256": digest(state, meta_json)}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -73,4 +111,6 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
     if digest(state, meta_json) != expected:
         raise CorruptCheckpoint(f"checkpoint {path} fails its checksum: it was altered after writing")
-    return state, json.loads(meta_json)
+    meta = json.loads(meta_json)
+    layout = meta.pop(SPARSE_KEY, None)
+    return (_unpack(state, layout) if layout else state), meta

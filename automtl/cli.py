@@ -9,16 +9,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from dataclasses import asdict
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from automtl import api
+from automtl.config import read_yaml
 from automtl.errors import UserError
 from automtl.problems import PROBLEMS
 from automtl.pruning import STRATEGIES
@@ -32,7 +42,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    return key, read_yaml(value)
 
 
 def _widths(text: str) -> list[int]:
@@ -93,6 +103,79 @@ def cmd_train(args: argparse.Namespace) -> None:
     console.print(f"{report.parameters:,} parameters; checkpoint {report.checkpoint} ({source})")
 
 
+def _front_table(rows: list[dict], title: str) -> Table:
+    tasks = list(rows[0]["accuracy"]) if rows else []
+    table = Table("trial", "sparsity", *[f"{t} val / test" for t in tasks], title=title)
+    table.add_column("order (thresholds)", overflow="fold", ratio=3)
+    table.add_column("loss weights", overflow="fold", ratio=1)
+    for row in rows:
+        steps = " → ".join(f"{n} {row['thresholds'][n]:.3g}" for n in row["order"])
+        weights = ", ".join(f"{t}={w:.2f}" for t, w in (row["loss_weights"] or {}).items()) or row["loss_method"]
+        accs = [f"{row['accuracy'][t]:.1%} / {row['test_accuracy'][t]:.1%}" for t in tasks]
+        table.add_row(str(row["trial"]), f"{row['sparsity']:.1%}", *accs, steps, weights)
+    return table
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    overrides = list(args.set)
+    overrides += [f"trials={args.trials}"] if args.trials is not None else []
+    overrides += [f"workers={args.workers}"] if args.workers is not None else []
+    columns = [
+        SpinnerColumn(), TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed · front {task.fields[front]} · HV {task.fields[hv]:.4f}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    ]
+    bar = Progress(*columns, console=err_console, disable=args.json)
+    task = bar.add_task("search", total=None, failed=0, front=0, hv=0.0)
+
+    def show(snap):
+        bar.start()  # only once trials run: validation errors print without a bar
+        bar.update(task, total=snap.budget, completed=snap.finished, failed=snap.counts["failed"],
+                   front=snap.front_size, hv=snap.hypervolume)
+
+    try:
+        with err_console.status("validating, preparing the dense model…"):
+            summary = api.search(args.config, overrides, args.run_dir, args.resume, show)
+    except api.SearchInterrupted as stop:
+        bar.stop()
+        err_console.print(f"interrupted; finished trials are kept. Resume with: "
+                          f"automtl search {args.config} --resume --run-dir {stop.run_dir}", soft_wrap=True)
+        raise
+    finally:
+        bar.stop()
+    if args.json:
+        print(json.dumps(asdict(summary)))
+        return
+    console.print(_front_table(summary.front, f"Pareto front ({len(summary.front)} trials)"))
+    counts = summary.status["counts"]
+    console.print(f"{counts['complete']} complete, {counts['failed']} failed; hypervolume "
+                  f"{summary.status['hypervolume']:.4f}; dense test accuracy "
+                  + ", ".join(f"{t} {a:.1%}" for t, a in summary.dense_accuracy.items())
+                  + f"; run directory {summary.run_dir}", soft_wrap=True)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = api.status(args.run_dir)
+    if args.json:
+        print(json.dumps(status))
+        return
+    table = Table("state", "trials", title=f"{args.run_dir}")
+    for state, count in status["counts"].items():
+        table.add_row(state, str(count))
+    console.print(table)
+    console.print(f"budget {status['budget']}; front {status['front_size']} trials, hypervolume "
+                  f"{status['hypervolume']:.4f}; {status['compute_seconds']:.0f}s of trial compute over "
+                  f"{status['elapsed_seconds']:.0f}s", soft_wrap=True)
+
+
+def cmd_pareto(args: argparse.Namespace) -> None:
+    rows = api.pareto_front(args.run_dir)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    console.print(_front_table(rows, f"Pareto front of {args.run_dir} ({len(rows)} trials)"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automtl", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -101,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("problems", help="list the built-in problems and their tasks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_problems)
+
+    p = sub.add_parser("search", help="run (or resume) the joint search of a search-space file")
+    p.add_argument("config", help="a search-space YAML file, e.g. search_spaces/smoke.yaml")
+    p.add_argument("--trials", type=int, help="trial budget (overrides the file)")
+    p.add_argument("--workers", type=int, help="worker processes (overrides the file)")
+    p.add_argument("--run-dir", help="where the study lives (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any field, e.g. --set fine_tune.epochs=2 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("status", help="trial counts by state and time spent of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("pareto", help="the Pareto trials of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("strategies", help="list the pruning strategies and their thresholds")
     p.add_argument("--json", action="store_true")
@@ -123,8 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

@@ -80,8 +80,11 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``problem.train``; return each epoch's mean task losses."""
     weighting = weighting or Static(problem.task_names)
+    weighting.bind(model)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        [*model.parameters(), *weighting.parameters()], lr=config.lr, weight_decay=config.weight_decay
+    )
     if distill is not None:
         distill.teacher.eval()
     history = []
@@ -94,10 +97,12 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             weighting.combine(losses).backward()
             optimizer.step()
+            weighting.after_step()
             for name, loss in losses.items():
                 sums[name] += loss.item()
             batches += 1
         history.append({name: total / batches for name, total in sums.items()})
+        weighting.after_epoch(history[-1])
     return history
 
 

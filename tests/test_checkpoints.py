@@ -44,3 +44,15 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
         checkpoints.save(path, {"w": torch.zeros(4)}, {"v": 2})
     assert checkpoints.load(path)[1] == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_compact_checkpoint_is_small_and_exact(tmp_path):
+    sparse = torch.randn(256, 256)
+    sparse[torch.rand(256, 256) < 0.9] = 0
+    state = {"sparse": sparse, "dense": torch.randn(64), "ints": torch.arange(100)}
+    checkpoints.save(tmp_path / "full.pt", state)
+    checkpoints.save(tmp_path / "compact.pt", state, {"trial": 3}, compact=True)
+    loaded, meta = checkpoints.load(tmp_path / "compact.pt")
+    assert meta == {"trial": 3}
+    assert all(torch.equal(loaded[k], state[k]) for k in state) and set(loaded) == set(state)
+    assert (tmp_path / "compact.pt").stat().st_size < 0.3 * (tmp_path / "full.pt").stat().st_size

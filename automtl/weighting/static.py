@@ -1,32 +1,13 @@
-"""Task-loss weighting: how per-task losses become the one loss that is minimised.
-
-One class per method behind :class:`Weighting`, selected by name from
-``WEIGHTINGS`` (LibMTL's pattern).
-"""
+"""``static``: fixed task weights (given, or sampled on the simplex by the search)."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from typing import Mapping
 
 from torch import Tensor
 
 from automtl.errors import UserError
-
-
-class Weighting(ABC):
-    """Combines ``{task: loss}`` into a scalar; may keep state across steps and epochs."""
-
-    def __init__(self, task_names: list[str]):
-        self.task_names = list(task_names)
-
-    @abstractmethod
-    def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """The scalar to back-propagate for one mini-batch."""
-
-    def current(self) -> dict[str, float]:
-        """The weight each task has now (for logging)."""
-        return {name: 1.0 / len(self.task_names) for name in self.task_names}
+from automtl.weighting.base import Weighting
 
 
 class Static(Weighting):
@@ -47,6 +28,3 @@ class Static(Weighting):
 
     def current(self) -> dict[str, float]:
         return dict(self.weights)
-
-
-WEIGHTINGS: dict[str, type[Weighting]] = {"static": Static}

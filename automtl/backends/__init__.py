@@ -1,0 +1,1 @@
+"""Who runs the trials: ``local`` (worker processes on this machine) or ``ray`` (a cluster)."""

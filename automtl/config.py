@@ -1,0 +1,293 @@
+"""The search-space file: a pydantic schema with errors that name field, value and what is allowed.
+
+A file is YAML (see ``search_spaces/``). ``--set key.sub=value`` overrides any
+field before validation. Validation happens in two stages, both before
+anything is written: :func:`load` checks the file itself; :meth:`SearchConfig.check`
+checks it against the problem it names (tasks exist).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from automtl.errors import UserError
+from automtl.models import ARCHITECTURES
+from automtl.problems import Problem, get_problem
+from automtl.pruning import STRATEGIES
+from automtl.pruning.base import AGGREGATES, HEADS
+from automtl.weighting import WEIGHTINGS
+
+class Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false; so ``off: 2`` and ``on``/``yes``/``no`` stay strings."""
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list(_first)
+    )
+
+
+def read_yaml(text: str):
+    """Parse YAML with the 1.2 boolean rule above."""
+    return yaml.load(text, Loader=Loader)
+
+
+LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+OBJECTIVES = ("sparsity", "accuracy", "parameters")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Strict):
+    """A searched number: uniform in [low, high], or log-uniform when ``log``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low and high must be finite numbers, got [{self.low}, {self.high}]")
+        if self.low > self.high:
+            raise ValueError(f"empty range: low {self.low} > high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class ProblemConfig(Strict):
+    """A registered problem or ``package.module:function``; ``pythonpath`` folders (relative
+    to the search-space file) are importable while it is built, in every worker."""
+
+    name: str = "multidigits"
+    options: dict[str, Any] = Field(default_factory=dict)
+    pythonpath: list[str] = Field(default_factory=list)
+
+    def build(self, seed: int) -> Problem:
+        for folder in reversed(self.pythonpath):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+        return get_problem(self.name, seed=seed, **self.options)
+
+
+class ModelConfig(Strict):
+    arch: str | None = None
+    hidden: list[PositiveInt] | None = None
+    channels: list[PositiveInt] | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value):
+        if value is not None and value not in ARCHITECTURES:
+            raise ValueError(f"{value!r} is unknown; allowed: {sorted(ARCHITECTURES)}")
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class TrainSettings(Strict):
+    epochs: PositiveInt
+    lr: PositiveFloat = 1e-3
+    batch_size: PositiveInt = 128
+
+
+class PruningConfig(Strict):
+    """Which strategies may be used and each one's threshold range (null = its full range)."""
+
+    strategies: dict[str, Range | None]
+    order: Literal["searched", "fixed"] = "searched"
+    min_strategies: PositiveInt = 1
+    max_strategies: PositiveInt | None = None
+    aggregate: Literal[tuple(AGGREGATES)] = "max"
+    heads: Literal[HEADS] = "exclude"
+    calibration_size: PositiveInt = 1024
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, value: dict) -> dict:
+        if not value:
+            raise ValueError(f"name at least one strategy; allowed: {sorted(STRATEGIES)}")
+        resolved = {}
+        for name, rng in value.items():
+            if name not in STRATEGIES:
+                raise ValueError(f"strategy {name!r} is unknown; allowed: {sorted(STRATEGIES)}")
+            spec = STRATEGIES[name].threshold
+            rng = rng or Range(low=spec.low, high=spec.high)
+            if rng.low < spec.low or rng.high > spec.high:
+                raise ValueError(
+                    f"{name} threshold {spec.symbol} range [{rng.low:g}, {rng.high:g}] "
+                    f"must lie within [{spec.low:g}, {spec.high:g}]"
+                )
+            resolved[name] = rng
+        return resolved
+
+    @model_validator(mode="after")
+    def _step_counts(self) -> "PruningConfig":
+        n = len(self.strategies)
+        if self.min_strategies > n:
+            raise ValueError(f"min_strategies {self.min_strategies} exceeds the {n} strategies listed")
+        if self.max_strategies is not None and not self.min_strategies <= self.max_strategies:
+            raise ValueError(f"max_strategies {self.max_strategies} must be >= min_strategies {self.min_strategies}")
+        return self
+
+
+class LossWeightsConfig(Strict):
+    """``method``: one of LOSS_METHODS, or a list of them searched as a categorical."""
+
+    method: Literal[LOSS_METHODS] | list[Literal[LOSS_METHODS]] = "simplex"
+    weights: dict[str, float] | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        return [self.method] if isinstance(self.method, str) else list(self.method)
+
+    @model_validator(mode="after")
+    def _weights_when_fixed(self) -> "LossWeightsConfig":
+        if not self.methods:
+            raise ValueError(f"method list is empty; allowed: {list(LOSS_METHODS)}")
+        if "fixed" in self.methods and not self.weights:
+            raise ValueError("method 'fixed' needs 'weights': {task: weight, ...}")
+        if self.weights and any(not (w >= 0 and math.isfinite(w)) for w in self.weights.values()):
+            raise ValueError(f"weights must be finite and >= 0, got {self.weights}")
+        return self
+
+
+class DistillationConfig(Strict):
+    """Knowledge distillation from the dense model while fine-tuning; ``weight`` in [0, 1] (or a searched range)."""
+
+    weight: float | Range = 0.0
+    temperature: PositiveFloat = 2.0
+
+    @field_validator("weight")
+    @classmethod
+    def _unit_interval(cls, value):
+        low, high = (value, value) if isinstance(value, float) else (value.low, value.high)
+        if not (0 <= low <= high <= 1):
+            raise ValueError("must lie within [0, 1]")
+        return value
+
+
+class SamplerConfig(Strict):
+    name: Literal[SAMPLERS] = "tpe"
+    startup_trials: PositiveInt = 10
+    population_size: PositiveInt = 20
+
+
+class SearchConfig(Strict):
+    """A whole search: problem, model, pruning space, loss weighting, budget, sampler."""
+
+    name: str = Field("search", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    problem: ProblemConfig = ProblemConfig()
+    model: ModelConfig = ModelConfig()
+    dense: TrainSettings = TrainSettings(epochs=20)
+    fine_tune: TrainSettings = TrainSettings(epochs=3)
+    pruning: PruningConfig
+    loss_weights: LossWeightsConfig = LossWeightsConfig()
+    distillation: DistillationConfig = DistillationConfig()
+    objectives: list[Literal[OBJECTIVES]] = ["sparsity", "accuracy"]
+    sampler: SamplerConfig = SamplerConfig()
+    trials: PositiveInt = 60
+    timeout: PositiveFloat | None = None
+    workers: PositiveInt = 1
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if "sparsity" not in value or "accuracy" not in value or len(set(value)) != len(value):
+            raise ValueError(f"must contain 'sparsity' and 'accuracy' once each (optionally 'parameters'), got {value}")
+        return value
+
+    def check(self, task_names: list[str]) -> None:
+        """Refuse task names the problem does not have."""
+        weights = self.loss_weights.weights
+        if weights is not None and set(weights) != set(task_names):
+            raise UserError(
+                f"loss_weights.weights: names tasks {sorted(weights)}; the problem "
+                f"{self.problem.name!r} has tasks {task_names}"
+            )
+
+    def study_identity(self) -> dict[str, Any]:
+        """The fields a resumed study must share with the original (the budget may change)."""
+        return self.model_dump(mode="json", exclude={"trials", "timeout", "workers"})
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if not isinstance(node.setdefault(key, {}), dict):
+            raise UserError(f"--set {dotted}: {key!r} is not a section")
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` with the value read as YAML (numbers, lists, null, …)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects KEY=VALUE (e.g. fine_tune.epochs=2), got {text!r}")
+    try:
+        return key.strip(), read_yaml(value)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {key}: value {value!r} is not valid YAML ({exc})") from None
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    """One line per problem: the field path, what is wrong, the value given."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"] if "[" not in str(p) and not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "is not a known field"
+        lines.append(f"{field or '(top level)'}: {msg} (got {err.get('input')!r})")
+    return "invalid search space:\n  " + "\n  ".join(dict.fromkeys(lines))
+
+
+def validate(raw: Any) -> SearchConfig:
+    if not isinstance(raw, dict):
+        raise UserError(f"a search space must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return SearchConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise UserError(describe(exc)) from None
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> SearchConfig:
+    """Read, override and validate a search-space file."""
+    path = Path(path)
+    try:
+        raw = read_yaml(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"search space {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read search space {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"search space {path} is not valid YAML: {exc}") from None
+    raw = {} if raw is None else raw
+    if isinstance(raw, dict):
+        raw.setdefault("name", path.stem)
+        for text in overrides:
+            _set(raw, *parse_override(text))
+        problem = raw.get("problem")
+        if isinstance(problem, dict) and isinstance(problem.get("pythonpath"), list):
+            problem["pythonpath"] = [str((path.parent / str(p)).resolve()) for p in problem["pythonpath"]]
+    return validate(raw)

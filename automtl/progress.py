@@ -1,0 +1,68 @@
+"""A snapshot of a study's state: counts by state, front size, hypervolume, timing, ETA."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from automtl import pareto
+
+STATES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.RUNNING: "running",
+    TrialState.FAIL: "failed",
+    TrialState.WAITING: "waiting",
+    TrialState.PRUNED: "stopped_early",
+}
+
+
+@dataclass
+class Snapshot:
+    counts: dict[str, int]
+    budget: int
+    front_size: int
+    hypervolume: float
+    compute_seconds: float
+    elapsed_seconds: float
+    eta_seconds: float | None
+
+    @property
+    def finished(self) -> int:
+        return self.counts["complete"] + self.counts["failed"]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def take(study: optuna.Study, budget: int, started: float | None = None) -> Snapshot:
+    """Read the study now. ``elapsed`` is measured from ``started`` (default: the first trial's start)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {name: 0 for name in STATES.values()}
+    for t in trials:
+        counts[STATES[t.state]] += 1
+    done = [t for t in trials if t.state.is_finished() and t.datetime_start and t.datetime_complete]
+    compute = sum(t.user_attrs.get("compute_seconds", 0.0) for t in done)
+    if started is None:
+        starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
+        ends = [t.datetime_complete.timestamp() for t in done]
+        elapsed = (max(ends) - min(starts)) if ends and starts else 0.0
+    else:
+        elapsed = time.time() - started
+    attrs = study.user_attrs
+    complete = pareto.completed(study)
+    front = pareto.front(study)
+    finished_now = counts["complete"] + counts["failed"]
+    remaining = max(0, budget - finished_now - counts["running"])
+    eta = elapsed / finished_now * (remaining + counts["running"] / 2) if finished_now and started else None
+    return Snapshot(
+        counts=counts,
+        budget=budget,
+        front_size=len(front),
+        hypervolume=pareto.hypervolume(front, attrs.get("directions", []), attrs.get("total_parameters", 1)) if complete else 0.0,
+        compute_seconds=compute,
+        elapsed_seconds=elapsed,
+        eta_seconds=eta,
+    )

@@ -1,0 +1,99 @@
+"""A run directory: the study storage (source of truth), the resolved config, dense and trial weights.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml      the validated search space the study was created with
+      study.journal    Optuna journal storage: every trial, its params, values and attributes
+      dense/           the trained dense checkpoint
+      trials/          trial-NNNNNN.pt: pruned weights of each finished trial
+      .lock            held by the process searching this directory
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from automtl import config as config_mod
+from automtl.checkpoints import atomic_write_bytes
+from automtl.errors import UserError
+
+STUDY = "automtl"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "study.journal"
+
+    def exists(self) -> bool:
+        return self.journal.exists() and self.config_file.exists()
+
+    def require(self) -> "RunDir":
+        if not self.exists():
+            raise UserError(f"{self.path} is not an automtl run directory (no study.journal / config.yaml in it)")
+        return self
+
+    def storage(self) -> JournalStorage:
+        return JournalStorage(JournalFileBackend(str(self.journal)))
+
+    def load_config(self) -> config_mod.SearchConfig:
+        return config_mod.validate(config_mod.read_yaml(self.config_file.read_text()))
+
+    def write_config(self, config: config_mod.SearchConfig) -> None:
+        text = yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
+        atomic_write_bytes(self.config_file, text.encode())
+
+    def load_study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+        self.require()
+        return optuna.load_study(study_name=STUDY, storage=self.storage(), sampler=sampler)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the directory's lock; a second search on it is refused clearly."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                owner = fh.read().strip() or "?"
+                raise UserError(
+                    f"{self.path} is being searched by another process (pid {owner}); "
+                    "wait for it to finish or choose another --run-dir"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @contextmanager
+    def asking(self) -> Iterator[None]:
+        """Serialise 'count the budget, then ask for a trial' across worker processes."""
+        with open(self.path / ".ask.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

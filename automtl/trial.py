@@ -1,0 +1,150 @@
+"""Run one :class:`~automtl.space.TrialPlan` end to end.
+
+prune (strategies in order, masks compose) -> fine-tune with the plan's task
+weighting, masks held, optionally distilling from the dense model -> evaluate
+on validation (the objectives) and test (for the record) -> save the pruned
+weights compactly so the trial can be exported without re-running.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from automtl import checkpoints
+from automtl.config import SearchConfig
+from automtl.models import ModelSpec
+from automtl.problems import Problem
+from automtl.pruning import PruneContext, apply, make_permanent
+from automtl.space import TrialPlan
+from automtl.train import Distillation, TrainConfig, dense_model, evaluate, fit
+from automtl.weighting import make_weighting
+
+MAXIMIZE, MINIMIZE = "maximize", "minimize"
+
+
+class TrialFailed(Exception):
+    """A trial that produced no usable result (the reason is recorded on the trial)."""
+
+
+def objectives(config: SearchConfig, task_names: list[str]) -> list[tuple[str, str]]:
+    """``(name, direction)`` of every objective, in the order trials report them."""
+    names: list[tuple[str, str]] = []
+    for objective in config.objectives:
+        if objective == "accuracy":
+            names += [(f"accuracy.{t}", MAXIMIZE) for t in task_names]
+        elif objective == "parameters":
+            names.append(("nonzero_parameters", MINIMIZE))
+        else:
+            names.append((objective, MAXIMIZE))
+    return names
+
+
+@dataclass
+class Bench:
+    """What every trial of a study shares: config, problem, model spec, trained dense model."""
+
+    config: SearchConfig
+    problem: Problem
+    spec: ModelSpec
+    dense: nn.Module
+    run_dir: Path
+    dense_seconds: float = 0.0
+
+    @classmethod
+    def prepare(cls, config: SearchConfig, run_dir: str | Path, problem: Problem | None = None) -> "Bench":
+        """Build the problem and load (or train once and cache) the dense model under ``run_dir/dense``."""
+        run_dir = Path(run_dir)
+        problem = problem or config.problem.build(config.seed)
+        spec = problem.default_model.override(**config.model.overrides())
+        dense = dense_model(problem, spec, TrainConfig(**config.dense.model_dump()), config.seed, run_dir / "dense")
+        dense.model.eval()
+        return cls(config, problem, spec, dense.model, run_dir, dense.seconds)
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.problem.task_names
+
+
+@dataclass
+class TrialResult:
+    values: list[float]
+    sparsity: float
+    compression_ratio: float
+    empty_units: int
+    nonzero_parameters: int
+    total_parameters: int
+    accuracy: dict[str, float]
+    test_accuracy: dict[str, float]
+    final_loss_weights: dict[str, float]
+    prune_seconds: float
+    fine_tune_seconds: float
+    eval_seconds: float
+    weights: str
+
+    @property
+    def compute_seconds(self) -> float:
+        return self.prune_seconds + self.fine_tune_seconds + self.eval_seconds
+
+
+def weights_path(number: int) -> str:
+    """Where trial ``number`` keeps its pruned weights, relative to the run directory."""
+    return f"trials/trial-{number:06d}.pt"
+
+
+def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
+    """Prune, fine-tune, evaluate and save; raise TrialFailed on a non-finite result."""
+    config, problem = bench.config, bench.problem
+    seed = config.seed + number
+    torch.manual_seed(seed)
+    model = copy.deepcopy(bench.dense)
+
+    start = time.perf_counter()
+    ctx = PruneContext.create(
+        model, problem, calibration_size=config.pruning.calibration_size,
+        aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=seed,
+    )
+    apply(model, plan.steps, ctx)
+    pruned = time.perf_counter()
+
+    weighting = make_weighting("static" if plan.loss_weights else plan.loss_method, problem.task_names, plan.loss_weights)
+    distill = Distillation(bench.dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
+    history = fit(model, problem, TrainConfig(**config.fine_tune.model_dump()), seed, weighting, distill)
+    tuned = time.perf_counter()
+    if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
+        raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
+
+    make_permanent(model)
+    report = apply(model, [], ctx)  # accounting after fine-tuning (masks held, so unchanged)
+    accuracy = evaluate(model, problem, problem.val)
+    test_accuracy = evaluate(model, problem, problem.test)
+    evaluated = time.perf_counter()
+    if any(not math.isfinite(v) for v in (*accuracy.values(), *test_accuracy.values())):
+        raise TrialFailed(f"non-finite accuracy {accuracy}")
+
+    measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters}
+    measures |= {f"accuracy.{t}": a for t, a in accuracy.items()}
+    values = [float(measures[name]) for name, _ in objectives(config, problem.task_names)]
+    relative = weights_path(number)
+    checkpoints.save(bench.run_dir / relative, model.state_dict(), {"trial": number, "plan": plan.as_dict()}, compact=True)
+    return TrialResult(
+        values=values,
+        sparsity=report.sparsity,
+        compression_ratio=report.compression_ratio,
+        empty_units=report.empty_units,
+        nonzero_parameters=report.nonzero_parameters,
+        total_parameters=report.total_parameters,
+        accuracy=accuracy,
+        test_accuracy=test_accuracy,
+        final_loss_weights=weighting.current(),
+        prune_seconds=pruned - start,
+        fine_tune_seconds=tuned - pruned,
+        eval_seconds=evaluated - tuned,
+        weights=relative,
+    )

@@ -1,0 +1,66 @@
+"""``gradnorm``: gradient normalisation (Chen et al., 2018)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from automtl.weighting.base import Weighting
+
+
+class GradNorm(Weighting):
+    """Learn task weights so each task's gradient norm at the last shared layer tracks its training rate.
+
+    The shared layer is the last parameter every task's loss reaches (found on
+    the first batch). ``alpha`` sets how strongly slow tasks are favoured.
+    """
+
+    def __init__(self, task_names: list[str], alpha: float = 1.5, lr: float = 0.025):
+        super().__init__(task_names)
+        self.alpha, self.lr = alpha, lr
+        self.weights = torch.ones(len(task_names), requires_grad=True)
+        self.model: nn.Module | None = None
+        self.shared: Tensor | None = None
+        self.initial: Tensor | None = None
+        self.grad: Tensor | None = None
+
+    def bind(self, model: nn.Module) -> None:
+        self.model, self.shared = model, None
+
+    def _find_shared(self, losses: list[Tensor]) -> Tensor:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        reached = [
+            {i for i, g in enumerate(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+             if g is not None and g.abs().sum() > 0}
+            for loss in losses
+        ]
+        common = set.intersection(*reached)
+        return params[max(common)]
+
+    def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
+        stacked = torch.stack([losses[n] for n in self.task_names])
+        if self.shared is None:
+            self.shared = self._find_shared(list(stacked))
+        if self.initial is None:
+            self.initial = stacked.detach().clamp_min(1e-12)
+        weighted = self.weights * stacked
+        norms = torch.stack([
+            torch.autograd.grad(weighted[i], self.shared, retain_graph=True, create_graph=True)[0].norm()
+            for i in range(len(self.task_names))
+        ])
+        ratios = stacked.detach() / self.initial
+        target = (norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
+        self.grad = torch.autograd.grad((norms - target).abs().sum(), self.weights, retain_graph=True)[0]
+        return (self.weights.detach() * stacked).sum()
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.weights -= self.lr * self.grad
+            self.weights.clamp_(min=1e-3)
+            self.weights *= len(self.task_names) / self.weights.sum()
+
+    def current(self) -> dict[str, float]:
+        w = self.weights.detach()
+        return dict(zip(self.task_names, (w / w.sum()).tolist()))
