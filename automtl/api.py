@@ -91,17 +91,28 @@ class SearchSummary:
     dense_accuracy: dict[str, float]
 
 
+def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The dotted path of the first leaf where two config trees differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    return None if old == new else (path, old, new)
+
+
 def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_config: bool) -> SearchConfig:
     """Check what may be done with ``run``; on resume, return the stored config with the new budget."""
     if resume:
         run.require()
         stored = run.load_config()
-        if explicit_config and stored.study_identity() != config.study_identity():
-            old, new = stored.study_identity(), config.study_identity()
-            field = next(k for k in new if old.get(k) != new.get(k))
+        difference = _first_difference(stored.study_identity(), config.study_identity())
+        if explicit_config and difference:
+            field, old, new = difference
             raise UserError(
                 f"--resume: the config differs from the one {run.path} was started with in {field!r} "
-                f"({old.get(field)!r} there, {new.get(field)!r} now); only trials, timeout and workers may change"
+                f"({old!r} there, {new!r} now); only trials, timeout and workers may change"
             )
         return stored.model_copy(update={k: getattr(config, k) for k in ("trials", "timeout", "workers")})
     if run.exists():

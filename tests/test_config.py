@@ -1,0 +1,73 @@
+import pytest
+
+from automtl import UserError
+from automtl import config as config_mod
+
+BASE = "pruning:\n  strategies:\n    magnitude: {low: 0, high: 0.3}\n"
+
+
+def load_text(tmp_path, text, overrides=()):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return config_mod.load(path, list(overrides))
+
+
+def test_defaults_and_name_from_file(tmp_path):
+    config = load_text(tmp_path, BASE)
+    assert config.name == "space" and config.sampler.name == "tpe" and config.objectives == ["sparsity", "accuracy"]
+    assert config.pruning.strategies["magnitude"].high == 0.3
+
+
+def test_yaml_keeps_off_as_a_key(tmp_path):
+    config = load_text(tmp_path, BASE + "problem: {name: multidigits, options: {off: 3}}\n")
+    assert config.problem.options == {"off": 3}
+
+
+def test_set_overrides_any_field(tmp_path):
+    config = load_text(tmp_path, BASE, ["fine_tune.epochs=7", "sampler.name=nsga2", "pruning.strategies.taylor=null"])
+    assert config.fine_tune.epochs == 7 and config.sampler.name == "nsga2"
+    assert set(config.pruning.strategies) == {"magnitude", "taylor"}
+
+
+@pytest.mark.parametrize(
+    "text, field, allowed",
+    [
+        ("pruning: {strategies: {magnitud: null}}", "pruning.strategies", "allowed: ['activation'"),
+        ("pruning: {strategies: {magnitude: {low: 0.5, high: 0.1}}}", "pruning.strategies.magnitude", "empty range"),
+        ("pruning: {strategies: {magnitude: {low: 0, high: 0.3, log: true}}}", "pruning.strategies.magnitude", "low > 0"),
+        ("pruning: {strategies: {magnitude: {low: 0, high: 2}}}", "pruning.strategies", "within [0, 1]"),
+        ("pruning: {strategies: {}}", "pruning.strategies", "at least one strategy"),
+        (BASE + "sampler: {name: cmaes}", "sampler.name", "'tpe', 'nsga2', 'nsga3', 'gp' or 'random'"),
+        (BASE + "trials: 0", "trials", "greater than 0"),
+        (BASE + "trials: 1e400", "trials", "trials"),
+        (BASE + "workers: many", "workers", "valid integer"),
+        (BASE + "colour: red", "colour", "is not a known field"),
+        (BASE + "loss_weights: {method: fixed}", "loss_weights", "needs 'weights'"),
+        (BASE + "loss_weights: {method: [simplex, magic]}", "loss_weights.method", "'uncertainty'"),
+        (BASE + "distillation: {weight: 1.5}", "distillation.weight", "within [0, 1]"),
+        (BASE + "objectives: [accuracy]", "objectives", "must contain 'sparsity'"),
+        (BASE + "model: {arch: transformer}", "model.arch", "allowed: ['cnn', 'mlp']"),
+        (BASE + "pruning: {strategies: {magnitude: null}, min_strategies: 3}", "pruning", "exceeds"),
+        ("- just\n- a list", "", "must be a YAML mapping"),
+    ],
+)
+def test_invalid_fields_are_named_with_what_is_allowed(tmp_path, text, field, allowed):
+    with pytest.raises(UserError) as info:
+        load_text(tmp_path, text)
+    message = str(info.value)
+    assert field in message and allowed in message, message
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        config_mod.load(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_text(tmp_path, "pruning: [unclosed")
+    with pytest.raises(UserError, match="--set expects KEY=VALUE"):
+        load_text(tmp_path, BASE, ["fine_tune.epochs"])
+
+
+def test_task_names_are_checked_against_the_problem(tmp_path):
+    config = load_text(tmp_path, BASE + "loss_weights: {method: fixed, weights: {left: 1, middle: 1}}")
+    with pytest.raises(UserError, match="names tasks \\['left', 'middle'\\].*has tasks \\['left', 'right'\\]"):
+        config.check(["left", "right"])

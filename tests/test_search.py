@@ -1,0 +1,143 @@
+"""End-to-end searches through the CLI, in real processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from automtl import checkpoints
+from automtl.rundir import RunDir
+from tests.conftest import FIXTURES
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "search_spaces" / "smoke.yaml"
+FAST = ["--set", "problem.options.train_pairs=3000", "--set", "dense.epochs=6"]
+
+
+def cli(*args, check=True, **kwargs):
+    result = subprocess.run([sys.executable, "-m", "automtl", *map(str, args)], capture_output=True, text=True, **kwargs)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def dominates(a, b):
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    result = cli("search", SMOKE, "--workers", 2, "--trials", 16, "--run-dir", run_dir, "--json", *FAST)
+    return run_dir, json.loads(result.stdout)
+
+
+def test_smoke_search_with_two_workers_gives_a_valid_front(smoke_run):
+    run_dir, summary = smoke_run
+    front = json.loads(cli("pareto", run_dir, "--json").stdout)
+    assert front and front == summary["front"]
+    study = RunDir(run_dir).load_study()
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 16
+    allowed = {"magnitude", "activation", "taylor", "random"}
+    values = {t.number: t.values for t in complete}
+    for row in front:
+        assert not any(dominates(v, values[row["trial"]]) for v in values.values())
+        assert row["order"] and len(set(row["order"])) == len(row["order"]) and set(row["order"]) <= allowed
+        assert set(row["thresholds"]) == set(row["order"])
+        assert sum(row["loss_weights"].values()) == pytest.approx(1.0)
+        assert 0 <= row["sparsity"] <= 1 and set(row["accuracy"]) == {"left", "right"}
+    # Every non-dominated trial is on the front.
+    on_front = {r["trial"] for r in front}
+    for number, v in values.items():
+        if not any(dominates(w, v) for w in values.values()):
+            assert number in on_front
+
+
+def test_trial_weights_are_saved_compactly_and_reload(smoke_run):
+    run_dir, summary = smoke_run
+    row = max(summary["front"], key=lambda r: r["sparsity"])
+    state, meta = checkpoints.load(run_dir / row["weights"])
+    assert meta["trial"] == row["trial"] and meta["plan"]["order"] == row["order"]
+    zeros = sum(int((v == 0).sum()) for k, v in state.items() if k.startswith("trunk") and k.endswith("weight"))
+    assert zeros > 0
+    assert (run_dir / row["weights"]).stat().st_size < 4 * sum(v.numel() for v in state.values())
+
+
+def test_status_counts_trials_by_state(smoke_run):
+    run_dir, _ = smoke_run
+    status = json.loads(cli("status", run_dir, "--json").stdout)
+    assert status["counts"]["complete"] == 16 and status["counts"]["failed"] == 0 and status["counts"]["running"] == 0
+    assert status["front_size"] >= 1 and 0 < status["hypervolume"] <= 1 and status["compute_seconds"] > 0
+
+
+def test_a_second_search_into_the_same_directory_is_refused(smoke_run):
+    run_dir, _ = smoke_run
+    result = cli("search", SMOKE, "--run-dir", run_dir, check=False)
+    assert result.returncode == 2 and "already holds a search; pass --resume" in result.stderr
+
+
+def test_resume_with_a_different_config_names_the_difference(smoke_run):
+    run_dir, _ = smoke_run
+    result = cli("search", SMOKE, "--run-dir", run_dir, "--resume", *FAST, "--set", "fine_tune.epochs=9", check=False)
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "'fine_tune.epochs' (1 there, 9 now)" in message
+    assert "only trials, timeout and workers may change" in message
+
+
+def test_a_concurrent_search_on_a_locked_directory_is_refused(smoke_run):
+    run_dir, _ = smoke_run
+    with RunDir(run_dir).exclusive():
+        result = cli("search", SMOKE, "--run-dir", run_dir, "--resume", "--trials", 20, *FAST, check=False)
+    assert result.returncode == 2 and "being searched by another process" in result.stderr
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    run_dir = tmp_path / "flaky"
+    env = {**os.environ, "PYTHONPATH": f"{FIXTURES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cli("search", SMOKE, "--trials", 9, "--run-dir", run_dir, "--json", "--set", "problem.name=flaky_problem:make",
+        "--set", "problem.options={}", "--set", "dense.epochs=2", env=env)
+    study = RunDir(run_dir).load_study()
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    reasons = " ".join(t.user_attrs["fail_reason"] for t in failed)
+    assert "RuntimeError: injected failure" in reasons and "non-finite accuracy" in reasons
+    assert len(study.trials) == 9 and any(t.state == TrialState.COMPLETE for t in study.trials)
+    status = json.loads(cli("status", run_dir, "--json").stdout)
+    assert status["counts"]["failed"] == len(failed) >= 2
+
+
+def _completed(run_dir):
+    try:
+        study = RunDir(run_dir).load_study()
+    except Exception:  # not created yet
+        return {}
+    return {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+
+
+def test_resume_after_sigkill_loses_nothing_and_finishes_the_budget(tmp_path):
+    run_dir = tmp_path / "killed"
+    args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--workers", "2",
+            "--run-dir", str(run_dir), "--json", *FAST, "--set", "fine_tune.epochs=3"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while len(_completed(run_dir)) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _completed(run_dir)
+    assert 5 <= len(before) < 24, "the kill must land mid-search"
+
+    cli("search", SMOKE, "--trials", 24, "--run-dir", run_dir, "--resume", "--json", *FAST, "--set", "fine_tune.epochs=3")
+    study = RunDir(run_dir).load_study()
+    after = {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert all(after[n] == v for n, v in before.items()), "a finished trial was lost or re-run"
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
+    assert len(after) == 24, "interrupted trials must be re-spent"
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
