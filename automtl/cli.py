@@ -108,7 +108,7 @@ def _front_table(rows: list[dict], title: str) -> Table:
     table = Table("trial", "sparsity", *[f"{t} val / test" for t in tasks], title=title)
     table.add_column("order (thresholds)", overflow="fold", ratio=3)
     table.add_column("loss weights", overflow="fold", ratio=1)
-    for row in rows:
+    for row in sorted(rows, key=lambda r: -r["sparsity"]):
         steps = " → ".join(f"{n} {row['thresholds'][n]:.3g}" for n in row["order"])
         weights = ", ".join(f"{t}={w:.2f}" for t, w in (row["loss_weights"] or {}).items()) or row["loss_method"]
         accs = [f"{row['accuracy'][t]:.1%} / {row['test_accuracy'][t]:.1%}" for t in tasks]

@@ -1,7 +1,8 @@
 """Local backend: Optuna ask/tell in N worker processes sharing the run directory's journal storage.
 
-Worker 0 runs in the calling process (no start-up cost); workers 1..N-1 are
-spawned processes that rebuild the problem and load the cached dense model.
+Worker 0 runs in the calling process; workers 1..N-1 are forked from it once
+the problem and the dense model are ready, so they start at once (where fork
+is unavailable they are spawned and rebuild both from the run directory).
 Asking for a trial happens under a file lock after counting the budget, so
 the study never runs more trials than asked for. A trial that raises or
 yields non-finite numbers is recorded as failed with its reason; a trial
@@ -123,12 +124,14 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _child(path: str, worker: int, deadline: float | None, threads: int, parent: int) -> None:
+def _child(path: str, worker: int, deadline: float | None, threads: int, parent: int,
+           bench: trial_mod.Bench | None) -> None:
     _die_with_parent(parent)
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING, format=f"[worker {worker}] %(message)s")
+    # Handlers inherited through fork may hold locks of threads that did not survive it.
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {worker}] %(message)s", force=True)
     try:
-        work(RunDir(path), worker, deadline)
+        work(RunDir(path), worker, deadline, bench)
     except KeyboardInterrupt:
         pass
 
@@ -155,9 +158,12 @@ def run(
     started = time.time()
     deadline = started + config.timeout if config.timeout else None
     threads = max(1, (os.cpu_count() or 1) // config.workers)
-    ctx = multiprocessing.get_context("spawn")
+    # Forked workers inherit the prepared bench (problem + dense model); spawned ones rebuild it.
+    forking = "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if forking else "spawn")
+    inherited = bench if forking else None
     children = [
-        ctx.Process(target=_child, args=(str(run_dir.path), w, deadline, threads, os.getpid()), daemon=False)
+        ctx.Process(target=_child, args=(str(run_dir.path), w, deadline, threads, os.getpid(), inherited))
         for w in range(1, config.workers)
     ]
     stop = threading.Event()
