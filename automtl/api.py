@@ -18,6 +18,7 @@ from automtl.errors import UserError
 from automtl.problems import get_problem
 from automtl.rundir import STUDY, RunDir
 from automtl.train import TrainConfig, dense_model, evaluate
+from automtl.space import TrialPlan, encode
 from automtl.trial import Bench, objectives
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,31 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_c
             field, old, new = difference
             raise UserError(
                 f"--resume: the config differs from the one {run.path} was started with in {field!r} "
-                f"({old!r} there, {new!r} now); only trials, timeout and workers may change"
+                f"({old!r} there, {new!r} now); only {', '.join(config_mod.RESUMABLE)} may change"
             )
-        return stored.model_copy(update={k: getattr(config, k) for k in ("trials", "timeout", "workers")})
+        return stored.model_copy(update={k: getattr(config, k) for k in config_mod.RESUMABLE})
     if run.exists():
         raise UserError(f"{run.path} already holds a search; pass --resume to continue it or choose another --run-dir")
     leftovers = {p.name for p in run.path.iterdir()} - {"config.yaml", ".lock", ".ask.lock", "dense"} if run.path.is_dir() else set()
     if leftovers:
         raise UserError(f"{run.path} exists and holds other files ({sorted(leftovers)[:3]}…); choose an empty or new --run-dir")
     return config
+
+
+def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], total_parameters: int) -> optuna.Study:
+    """A new study in the run directory, with its objectives described and enqueued plans queued."""
+    names = objectives(config, task_names)
+    study = optuna.create_study(study_name=STUDY, storage=run.storage(), directions=[d for _, d in names])
+    study.set_metric_names([n for n, _ in names])
+    attrs = {"objectives": [n for n, _ in names], "directions": [d for _, d in names],
+             "tasks": task_names, "total_parameters": total_parameters}
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    for plan in config.enqueue:
+        method = plan.loss_method or config.loss_weights.methods[0]
+        decoded = TrialPlan(plan.order, plan.thresholds, method, plan.loss_weights, plan.distillation)
+        study.enqueue_trial(encode(decoded, config, task_names))
+    return study
 
 
 def search(
@@ -144,28 +161,21 @@ def search(
     config = _prepare_run_dir(config, run, resume, explicit_config=True)
     problem = config.problem.build(config.seed)
     config.check(problem.task_names)
-    problem.default_model.override(**config.model.overrides())  # refuses bad model fields early
+    spec = problem.default_model.override(**config.model.overrides())
+    total_parameters = sum(p.numel() for p in problem.build_model(spec).parameters())  # refuses bad models early
     with run.exclusive():
-        run.write_config(config)
-        bench = Bench.prepare(config, run.path, problem)
-        names = objectives(config, problem.task_names)
         if resume:
             study = run.load_study()
             stale = local.mark_interrupted(study)
             if stale:
                 log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
         else:
-            study = optuna.create_study(
-                study_name=STUDY, storage=run.storage(), directions=[d for _, d in names]
-            )
-            study.set_metric_names([n for n, _ in names])
-            for key, value in {
-                "objectives": [n for n, _ in names], "directions": [d for _, d in names],
-                "tasks": problem.task_names, "total_parameters": sum(p.numel() for p in bench.dense.parameters()),
-                "dense_test_accuracy": evaluate(bench.dense, problem, problem.test),
-                "dense_val_accuracy": evaluate(bench.dense, problem, problem.val),
-            }.items():
-                study.set_user_attr(key, value)
+            study = _create_study(run, config, problem.task_names, total_parameters)
+        run.write_config(config)
+        bench = Bench.prepare(config, run.path, problem)
+        if "dense_test_accuracy" not in study.user_attrs:
+            study.set_user_attr("dense_test_accuracy", evaluate(bench.dense, problem, problem.test))
+            study.set_user_attr("dense_val_accuracy", evaluate(bench.dense, problem, problem.val))
         try:
             local.run(run, config, bench, on_progress)
         except KeyboardInterrupt:

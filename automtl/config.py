@@ -47,6 +47,7 @@ def read_yaml(text: str):
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 OBJECTIVES = ("sparsity", "accuracy", "parameters")
+RESUMABLE = ("trials", "timeout", "workers", "threads")
 
 
 class Strict(BaseModel):
@@ -190,6 +191,16 @@ class SamplerConfig(Strict):
     population_size: PositiveInt = 20
 
 
+class PlanConfig(Strict):
+    """A pipeline to evaluate before the sampler takes over (e.g. a known baseline)."""
+
+    order: list[str]
+    thresholds: dict[str, float]
+    loss_method: str | None = None
+    loss_weights: dict[str, float] | None = None
+    distillation: float = 0.0
+
+
 class SearchConfig(Strict):
     """A whole search: problem, model, pruning space, loss weighting, budget, sampler."""
 
@@ -204,9 +215,31 @@ class SearchConfig(Strict):
     distillation: DistillationConfig = DistillationConfig()
     objectives: list[Literal[OBJECTIVES]] = ["sparsity", "accuracy"]
     sampler: SamplerConfig = SamplerConfig()
+    enqueue: list[PlanConfig] = Field(default_factory=list)
     trials: PositiveInt = 60
     timeout: PositiveFloat | None = None
     workers: PositiveInt = 1
+    threads: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _enqueued_plans_fit_the_space(self) -> "SearchConfig":
+        strategies = self.pruning.strategies
+        for i, plan in enumerate(self.enqueue):
+            where = f"enqueue.{i}"
+            if not plan.order or len(set(plan.order)) != len(plan.order) or not set(plan.order) <= set(strategies):
+                raise ValueError(f"{where}.order {plan.order} must list distinct strategies from {list(strategies)}")
+            if set(plan.thresholds) != set(plan.order):
+                raise ValueError(f"{where}.thresholds must give one value per strategy in order {plan.order}")
+            for name, value in plan.thresholds.items():
+                rng = strategies[name]
+                if not rng.low <= value <= rng.high:
+                    raise ValueError(f"{where}.thresholds.{name} = {value} is outside its range [{rng.low}, {rng.high}]")
+            method = plan.loss_method or self.loss_weights.methods[0]
+            if method not in self.loss_weights.methods:
+                raise ValueError(f"{where}.loss_method {method!r} is not among {self.loss_weights.methods}")
+            if method == "simplex" and not plan.loss_weights:
+                raise ValueError(f"{where}.loss_weights are needed with the simplex method")
+        return self
 
     @field_validator("objectives")
     @classmethod
@@ -217,16 +250,18 @@ class SearchConfig(Strict):
 
     def check(self, task_names: list[str]) -> None:
         """Refuse task names the problem does not have."""
-        weights = self.loss_weights.weights
-        if weights is not None and set(weights) != set(task_names):
-            raise UserError(
-                f"loss_weights.weights: names tasks {sorted(weights)}; the problem "
-                f"{self.problem.name!r} has tasks {task_names}"
-            )
+        named = [("loss_weights.weights", self.loss_weights.weights)]
+        named += [(f"enqueue.{i}.loss_weights", p.loss_weights) for i, p in enumerate(self.enqueue)]
+        for field, weights in named:
+            if weights is not None and set(weights) != set(task_names):
+                raise UserError(
+                    f"{field}: names tasks {sorted(weights)}; the problem "
+                    f"{self.problem.name!r} has tasks {task_names}"
+                )
 
     def study_identity(self) -> dict[str, Any]:
-        """The fields a resumed study must share with the original (the budget may change)."""
-        return self.model_dump(mode="json", exclude={"trials", "timeout", "workers"})
+        """The fields a resumed study must share with the original (budget and resources may change)."""
+        return self.model_dump(mode="json", exclude=set(RESUMABLE) | {"enqueue"})
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

@@ -53,3 +53,24 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path):
         assert message in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.stderr
     assert not cache.exists()
+
+
+def test_bad_search_input_exits_2_before_anything_is_written(tmp_path):
+    smoke = "search_spaces/smoke.yaml"
+    for overrides, message in [
+        (["--set", "problem.name=nosuch"], "problem 'nosuch' is unknown"),
+        (["--set", "pruning.strategies.prune_more=null"], "strategy 'prune_more' is unknown; allowed"),
+        (["--set", "loss_weights.method=fixed", "--set", "loss_weights.weights={left: 1, centre: 1}"],
+         "names tasks ['centre', 'left']; the problem 'multidigits' has tasks ['left', 'right']"),
+        (["--set", "problem.options.off=12"], "'off' must be an integer in [1, 8]"),
+        (["--set", "model.arch=cnn", "--set", "model.channels=[0]"], "model.channels.0"),
+        (["--trials", "0"], "trials: Input should be greater than 0"),
+    ]:
+        run_dir = tmp_path / "run"
+        result = run_cli("search", smoke, "--run-dir", str(run_dir), *overrides)
+        assert result.returncode == 2, result.stderr
+        assert message in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.stderr
+        assert not run_dir.exists(), "nothing may be written on bad input"
+    missing = run_cli("status", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "not an automtl run directory" in missing.stderr

@@ -71,3 +71,17 @@ def test_task_names_are_checked_against_the_problem(tmp_path):
     config = load_text(tmp_path, BASE + "loss_weights: {method: fixed, weights: {left: 1, middle: 1}}")
     with pytest.raises(UserError, match="names tasks \\['left', 'middle'\\].*has tasks \\['left', 'right'\\]"):
         config.check(["left", "right"])
+
+
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        ("{order: [taylor], thresholds: {taylor: 0.1}, loss_weights: {left: 1, right: 1}}", "distinct strategies from ['magnitude']"),
+        ("{order: [magnitude], thresholds: {magnitude: 0.9}, loss_weights: {left: 1, right: 1}}", "outside its range [0.0, 0.3]"),
+        ("{order: [magnitude], thresholds: {}, loss_weights: {left: 1, right: 1}}", "one value per strategy"),
+        ("{order: [magnitude], thresholds: {magnitude: 0.1}}", "loss_weights are needed"),
+    ],
+)
+def test_enqueued_plans_must_fit_the_space(tmp_path, plan, message):
+    with pytest.raises(UserError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        load_text(tmp_path, BASE + f"enqueue:\n  - {plan}\n")

@@ -88,7 +88,7 @@ def test_resume_with_a_different_config_names_the_difference(smoke_run):
     result = cli("search", SMOKE, "--run-dir", run_dir, "--resume", *FAST, "--set", "fine_tune.epochs=9", check=False)
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "'fine_tune.epochs' (1 there, 9 now)" in message
-    assert "only trials, timeout and workers may change" in message
+    assert "only trials, timeout, workers, threads may change" in message
 
 
 def test_a_concurrent_search_on_a_locked_directory_is_refused(smoke_run):
@@ -141,3 +141,36 @@ def test_resume_after_sigkill_loses_nothing_and_finishes_the_budget(tmp_path):
     assert all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
     assert len(after) == 24, "interrupted trials must be re-spent"
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_enqueued_plans_run_first_exactly_as_written(tmp_path):
+    run_dir = tmp_path / "enqueued"
+    plan = "{order: [taylor, magnitude], thresholds: {taylor: 0.5, magnitude: 0.1}, loss_weights: {left: 0.7, right: 0.3}}"
+    space = tmp_path / "space.yaml"
+    space.write_text(SMOKE.read_text() + f"enqueue:\n  - {plan}\n  - {plan.replace('0.5', '0.6')}\n")
+    cli("search", space, "--trials", 2, "--run-dir", run_dir, "--json", *FAST)
+    study = RunDir(run_dir).load_study()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2, "as many plans as trials: all run"
+    assert study.trials[1].user_attrs["thresholds"]["taylor"] == pytest.approx(0.6)
+    first = study.trials[0]
+    assert first.user_attrs["order"] == ["taylor", "magnitude"]
+    assert first.user_attrs["thresholds"] == pytest.approx({"taylor": 0.5, "magnitude": 0.1})
+    assert first.user_attrs["loss_weights"] == pytest.approx({"left": 0.7, "right": 0.3})
+
+
+def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "40", "--workers", "2",
+            "--run-dir", str(run_dir), *FAST, "--set", "fine_tune.epochs=3"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(_completed(run_dir)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"--resume --run-dir {run_dir}" in " ".join(stderr.split())
+    study = RunDir(run_dir).load_study()
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= 3
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert all(t.user_attrs.get("fail_reason") == "interrupted" for t in study.trials if t.state == TrialState.FAIL)

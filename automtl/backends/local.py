@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 import warnings
+from dataclasses import asdict
 from typing import Callable
 
 import optuna
@@ -54,10 +55,12 @@ def make_sampler(config: SearchConfig, worker: int, salt: int) -> optuna.sampler
 
 
 def budget_used(study: optuna.Study) -> int:
-    """Trials that count against the budget: all but those failed as interrupted."""
+    """Trials that count against the budget: started ones, except those failed as interrupted
+    (enqueued trials still waiting do not count until they start)."""
     return sum(
         1 for t in study.get_trials(deepcopy=False)
-        if not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED)
+        if t.state != TrialState.WAITING
+        and not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED)
     )
 
 
@@ -78,18 +81,18 @@ def _record(trial: optuna.Trial, plan: space.TrialPlan, worker: int) -> None:
 
 
 def _record_result(trial: optuna.Trial, result: trial_mod.TrialResult) -> None:
-    for key in ("sparsity", "compression_ratio", "empty_units", "nonzero_parameters", "total_parameters",
-                "accuracy", "test_accuracy", "final_loss_weights", "prune_seconds", "fine_tune_seconds",
-                "eval_seconds", "weights", "compute_seconds"):
-        trial.set_user_attr(key, getattr(result, key))
+    for key, value in asdict(result).items():
+        if key != "values":
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("compute_seconds", result.compute_seconds)
 
 
 def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Bench | None = None) -> int:
     """Ask, run and tell trials until the budget or the deadline is reached; returns trials run."""
     config = run.load_config()
     bench = bench or trial_mod.Bench.prepare(config, run.path)
-    salt = len(optuna.load_study(study_name="automtl", storage=run.storage()).trials)
-    study = run.load_study(make_sampler(config, worker, salt))
+    study = run.load_study()
+    study.sampler = make_sampler(config, worker, salt=len(study.trials))
     ran = 0
     while True:
         with run.asking():
@@ -157,7 +160,7 @@ def run(
     """Run the search to its budget with ``config.workers`` workers (caller holds the run-dir lock)."""
     started = time.time()
     deadline = started + config.timeout if config.timeout else None
-    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     # Forked workers inherit the prepared bench (problem + dense model); spawned ones rebuild it.
     forking = "fork" in multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if forking else "spawn")
@@ -169,7 +172,7 @@ def run(
     stop = threading.Event()
 
     def monitor():
-        study = optuna.load_study(study_name="automtl", storage=run_dir.storage())
+        study = run_dir.load_study()
         while not stop.wait(1.0):
             on_progress(progress.take(study, config.trials, started))
         on_progress(progress.take(study, config.trials, started))

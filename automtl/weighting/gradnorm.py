@@ -7,14 +7,15 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from automtl.errors import UserError
 from automtl.weighting.base import Weighting
 
 
 class GradNorm(Weighting):
     """Learn task weights so each task's gradient norm at the last shared layer tracks its training rate.
 
-    The shared layer is the last parameter every task's loss reaches (found on
-    the first batch). ``alpha`` sets how strongly slow tasks are favoured.
+    The shared layer is the last weight matrix every task's loss reaches (found
+    on the first batch). ``alpha`` sets how strongly slow tasks are favoured.
     """
 
     def __init__(self, task_names: list[str], alpha: float = 1.5, lr: float = 0.025):
@@ -30,25 +31,28 @@ class GradNorm(Weighting):
         self.model, self.shared = model, None
 
     def _find_shared(self, losses: list[Tensor]) -> Tensor:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        """The last weight matrix (dim >= 2) in the autograd graph of every task's loss."""
+        params = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         reached = [
             {i for i, g in enumerate(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
-             if g is not None and g.abs().sum() > 0}
+             if g is not None}
             for loss in losses
         ]
         common = set.intersection(*reached)
+        if not common:
+            raise UserError("gradnorm needs a weight shared by every task; this model has none")
         return params[max(common)]
 
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
-        stacked = torch.stack([losses[n] for n in self.task_names])
+        per_task = [losses[n] for n in self.task_names]  # separate graphs: a stack would join them
+        stacked = torch.stack(per_task)
         if self.shared is None:
-            self.shared = self._find_shared(list(stacked))
+            self.shared = self._find_shared(per_task)
         if self.initial is None:
             self.initial = stacked.detach().clamp_min(1e-12)
-        weighted = self.weights * stacked
         norms = torch.stack([
-            torch.autograd.grad(weighted[i], self.shared, retain_graph=True, create_graph=True)[0].norm()
-            for i in range(len(self.task_names))
+            torch.autograd.grad(self.weights[i] * loss, self.shared, retain_graph=True, create_graph=True)[0].norm()
+            for i, loss in enumerate(per_task)
         ])
         ratios = stacked.detach() / self.initial
         target = (norms.mean() * (ratios / ratios.mean()) ** self.alpha).detach()
