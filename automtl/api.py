@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import optuna
 
 from automtl import config as config_mod
-from automtl import pareto, progress
+from automtl import pareto, progress, report, tracking
 from automtl.backends import local
 from automtl.config import SearchConfig
 from automtl.errors import UserError
@@ -130,7 +131,7 @@ def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], tota
     study = optuna.create_study(study_name=STUDY, storage=run.storage(), directions=[d for _, d in names])
     study.set_metric_names([n for n, _ in names])
     attrs = {"objectives": [n for n, _ in names], "directions": [d for _, d in names],
-             "tasks": task_names, "total_parameters": total_parameters}
+             "tasks": task_names, "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12]}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for plan in config.enqueue:
@@ -172,6 +173,7 @@ def search(
         else:
             study = _create_study(run, config, problem.task_names, total_parameters)
         run.write_config(config)
+        tracker = tracking.start(study, config, run.path)
         bench = Bench.prepare(config, run.path, problem)
         if "dense_test_accuracy" not in study.user_attrs:
             study.set_user_attr("dense_test_accuracy", evaluate(bench.dense, problem, problem.test))
@@ -181,6 +183,13 @@ def search(
         except KeyboardInterrupt:
             raise SearchInterrupted(str(run.path)) from None
         study = run.load_study()
+        report.write_dashboard(run.path)
+        if tracker:
+            try:
+                tracking.sync(study, tracker, {t.number for t in pareto.front(study)},
+                              pareto.hypervolume_history(study), report.mlflow_artifacts(study, run))
+            except Exception as exc:  # noqa: BLE001 - the study is complete; MLflow is only a view
+                log.warning("final MLflow sync failed (%s); run `automtl report %s --sync-mlflow` later", exc, run.path)
         return SearchSummary(
             run_dir=str(run.path),
             status=progress.take(study, config.trials).as_dict(),
@@ -195,6 +204,29 @@ def status(run_dir: str | Path) -> dict:
     return progress.take(run.load_study(), run.load_config().trials).as_dict()
 
 
-def pareto_front(run_dir: str | Path) -> list[dict]:
-    """The Pareto trials of a run, decoded."""
-    return [pareto.describe(t) for t in pareto.front(RunDir(run_dir).require().load_study())]
+def pareto_front(run_dir: str | Path, where: list[str] = ()) -> list[dict]:
+    """The Pareto trials of a run, decoded; ``where`` keeps those meeting constraints like ``left>=0.92``."""
+    study = RunDir(run_dir).require().load_study()
+    front = pareto.front(study)
+    if where:
+        constraints = pareto.parse_constraints(list(where), study.user_attrs.get("tasks", []))
+        kept = pareto.select(front, constraints)
+        if not kept and front:
+            closest = sorted(front, key=lambda t: -sum(
+                min(0.0, (pareto.metric(t, n) - v) if op == ">=" else (v - pareto.metric(t, n)))
+                for n, op, v in constraints))[:3]
+            raise UserError(f"no Pareto trial meets {' and '.join(where)}; closest: " + "; ".join(
+                f"trial {t.number} (" + ", ".join(f"{n} {pareto.metric(t, n):.4g}" for n, _, _ in constraints) + ")"
+                for t in closest))
+        front = kept
+    return [pareto.describe(t) for t in front]
+
+
+def report_dashboard(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write the study dashboard page; returns its path."""
+    return report.write_dashboard(run_dir, output)
+
+
+def sync_mlflow(run_dir: str | Path) -> dict:
+    """Rebuild every MLflow run of a study from its storage."""
+    return report.sync_mlflow(run_dir)

@@ -169,11 +169,22 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> None:
-    rows = api.pareto_front(args.run_dir)
+    rows = api.pareto_front(args.run_dir, args.where)
     if args.json:
         print(json.dumps(rows))
         return
     console.print(_front_table(rows, f"Pareto front of {args.run_dir} ({len(rows)} trials)"))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    if args.sync_mlflow:
+        with err_console.status("rebuilding the MLflow runs from the study…"):
+            synced = api.sync_mlflow(args.run_dir)
+        console.print(f"MLflow experiment {synced['experiment']!r} at {synced['tracking_uri']}: parent run "
+                      f"{synced['parent_run_id']}, {synced['created_child_runs']} child runs re-created "
+                      f"({synced['trials']} trials in the study)", soft_wrap=True)
+    path = api.report_dashboard(args.run_dir, args.output)
+    console.print(f"dashboard written to {path}", soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,8 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pareto", help="the Pareto trials of a run directory")
     p.add_argument("run_dir")
+    p.add_argument("--where", action="append", default=[], metavar="NAME>=VALUE",
+                   help="keep trials meeting a constraint, e.g. left>=0.92 or sparsity>=0.9 (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pareto)
+
+    p = sub.add_parser("report", help="write the study dashboard; optionally rebuild MLflow from the study")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="dashboard file (default RUN_DIR/dashboard.html)")
+    p.add_argument("--sync-mlflow", action="store_true", help="re-create every MLflow run from the study storage")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("strategies", help="list the pruning strategies and their thresholds")
     p.add_argument("--json", action="store_true")

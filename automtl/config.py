@@ -47,7 +47,7 @@ def read_yaml(text: str):
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 OBJECTIVES = ("sparsity", "accuracy", "parameters")
-RESUMABLE = ("trials", "timeout", "workers", "threads")
+RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking")
 
 
 class Strict(BaseModel):
@@ -201,6 +201,15 @@ class PlanConfig(Strict):
     distillation: float = 0.0
 
 
+class TrackingConfig(Strict):
+    """MLflow: ``uri`` null = MLFLOW_TRACKING_URI or MLflow's default (sqlite:///mlflow.db here);
+    ``experiment`` null = ``<name>/<run dir name>`` (one experiment per study)."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+
+
 class SearchConfig(Strict):
     """A whole search: problem, model, pruning space, loss weighting, budget, sampler."""
 
@@ -216,6 +225,7 @@ class SearchConfig(Strict):
     objectives: list[Literal[OBJECTIVES]] = ["sparsity", "accuracy"]
     sampler: SamplerConfig = SamplerConfig()
     enqueue: list[PlanConfig] = Field(default_factory=list)
+    tracking: TrackingConfig = TrackingConfig()
     trials: PositiveInt = 60
     timeout: PositiveFloat | None = None
     workers: PositiveInt = 1

@@ -10,15 +10,22 @@ trials). Hypervolume is computed by ``moocore`` on objectives normalised to
 The **reference point is the origin** (0 sparsity, 0 accuracy, all parameters
 kept), so the hypervolume is in [0, 1] and comparable across studies of the
 same problem and objectives.
+
+The **knee** is the front point closest (Euclidean) to the ideal point after
+each objective is min-max scaled over the front: the best balanced trade-off.
 """
 
 from __future__ import annotations
+
+import operator
+import re
 
 import moocore
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automtl.errors import UserError
 from automtl.trial import MINIMIZE
 
 
@@ -65,3 +72,71 @@ def describe(trial: FrozenTrial) -> dict:
         "distillation": attrs.get("distillation"),
         "weights": attrs.get("weights"),
     }
+
+
+def directions_of(study: optuna.Study) -> tuple[list[str], int]:
+    return study.user_attrs.get("directions", []), study.user_attrs.get("total_parameters", 1)
+
+
+def ranks(study: optuna.Study, trials: list[FrozenTrial]) -> np.ndarray:
+    """Pareto rank of each trial (0 = on the front, 1 = front once those are removed, …)."""
+    if not trials:
+        return np.zeros(0, dtype=int)
+    return np.asarray(moocore.pareto_rank(normalised(trials, *directions_of(study)), maximise=True))
+
+
+def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
+    """``(trial number, hypervolume of the completed trials numbered up to it)``."""
+    directions, total = directions_of(study)
+    history, seen = [], []
+    for trial in sorted(completed(study), key=lambda t: t.number):
+        seen.append(trial)
+        points = normalised(seen, directions, total)
+        seen = [t for t, keep in zip(seen, moocore.is_nondominated(points, maximise=True)) if keep]
+        history.append((trial.number, hypervolume(seen, directions, total)))
+    return history
+
+
+def knee(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> FrozenTrial | None:
+    """The balanced front point (see the module docstring)."""
+    trials = front(study) if trials is None else trials
+    if not trials:
+        return None
+    points = normalised(trials, *directions_of(study))
+    low, high = points.min(axis=0), points.max(axis=0)
+    scaled = (points - low) / np.where(high > low, high - low, 1.0)
+    return trials[int(np.argmin(np.linalg.norm(1.0 - scaled, axis=1)))]
+
+
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
+_OPS = {">=": operator.ge, "<=": operator.le}
+
+
+def metric(trial: FrozenTrial, name: str) -> float | None:
+    """A trial's value for a constraint name: a task (validation accuracy), ``test.<task>``,
+    ``sparsity``, ``compression_ratio`` or ``nonzero_parameters``."""
+    attrs = trial.user_attrs
+    if name.startswith("test.") and name[5:] in (attrs.get("test_accuracy") or {}):
+        return attrs["test_accuracy"][name[5:]]
+    if name in (attrs.get("accuracy") or {}):
+        return attrs["accuracy"][name]
+    value = attrs.get(name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def parse_constraints(texts: list[str], tasks: list[str]) -> list[tuple[str, str, float]]:
+    """``["left>=0.92", "sparsity>=0.9"]`` -> ``[(name, op, value), …]``; bad ones raise UserError."""
+    allowed = [*tasks, *(f"test.{t}" for t in tasks), "sparsity", "compression_ratio", "nonzero_parameters"]
+    parsed = []
+    for text in texts:
+        match = _CONSTRAINT.match(text)
+        if not match or match.group(1) not in allowed:
+            raise UserError(f"constraint {text!r} must look like NAME>=VALUE or NAME<=VALUE with NAME one of {allowed}")
+        parsed.append((match.group(1), match.group(2), float(match.group(3))))
+    return parsed
+
+
+def select(trials: list[FrozenTrial], constraints: list[tuple[str, str, float]]) -> list[FrozenTrial]:
+    """The trials meeting every constraint."""
+    return [t for t in trials if all(
+        (v := metric(t, name)) is not None and _OPS[op](v, bound) for name, op, bound in constraints)]

@@ -26,7 +26,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from automtl import progress, space
+from automtl import progress, space, tracking
 from automtl import trial as trial_mod
 from automtl.config import SearchConfig
 from automtl.rundir import RunDir
@@ -93,6 +93,7 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
     bench = bench or trial_mod.Bench.prepare(config, run.path)
     study = run.load_study()
     study.sampler = make_sampler(config, worker, salt=len(study.trials))
+    tracker = tracking.Tracker.attach(study)
     ran = 0
     while True:
         with run.asking():
@@ -110,11 +111,13 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
         except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the search goes on
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", trial.number, reason)
+            finished = study.tell(trial, state=TrialState.FAIL)
         else:
             _record_result(trial, result)
-            study.tell(trial, result.values)
+            finished = study.tell(trial, result.values)
+        if tracker:
+            tracker.log_trial(finished)
         ran += 1
 
 

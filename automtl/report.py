@@ -1,0 +1,107 @@
+"""The study dashboard page and the MLflow re-sync: views rebuilt from the study storage."""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+import optuna
+from plotly.offline import get_plotlyjs
+
+from automtl import pareto, plots, progress, tracking
+from automtl.checkpoints import atomic_write_bytes
+from automtl.errors import UserError
+from automtl.rundir import RunDir
+
+
+def _pct(value) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else "–"
+
+
+def front_table(study: optuna.Study) -> str:
+    """The Pareto trials as an HTML table, sparsest first; the knee highlighted."""
+    tasks = study.user_attrs.get("tasks", [])
+    knee = pareto.knee(study)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ["trial", "sparsity", "compression", *[f"{t} val / test" for t in tasks], "order (thresholds)",
+                    "loss weighting", "distillation"])
+    rows = []
+    for row in sorted(map(pareto.describe, pareto.front(study)), key=lambda r: -r["sparsity"]):
+        order = " → ".join(f"{n} {row['thresholds'][n]:.3g}" for n in row["order"])
+        weights = ", ".join(f"{t} {w:.2f}" for t, w in (row["loss_weights"] or {}).items()) or row["loss_method"]
+        cells = [str(row["trial"]) + (" (knee)" if knee and knee.number == row["trial"] else ""),
+                 _pct(row["sparsity"]), f"{row['compression_ratio']:.1f}x",
+                 *[f"{_pct(row['accuracy'][t])} / {_pct(row['test_accuracy'][t])}" for t in tasks],
+                 order, weights, f"{row['distillation']:.2f}"]
+        numeric = {1, 2, *range(3, 3 + len(tasks))}
+        tds = "".join(f"<td class='num'>{html.escape(c)}</td>" if i in numeric else f"<td>{html.escape(c)}</td>"
+                      for i, c in enumerate(cells))
+        rows.append(f"<tr{' class=knee' if knee and knee.number == row['trial'] else ''}>{tds}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def dashboard(study: optuna.Study, run: RunDir) -> str:
+    """The whole page as one HTML string (plotly.js inlined once; no network needed)."""
+    config = run.load_config()
+    snap = progress.take(study, config.trials)
+    dense = study.user_attrs.get("dense_test_accuracy", {})
+    cards = {
+        "complete / failed": f"{snap.counts['complete']} / {snap.counts['failed']}",
+        "Pareto trials": str(snap.front_size),
+        "hypervolume": f"{snap.hypervolume:.4f}",
+        "dense test accuracy": " · ".join(f"{t} {_pct(a)}" for t, a in dense.items()) or "–",
+        "sampler": config.sampler.name,
+    }
+    figures = "".join(
+        f"<section>{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f'figure-{name}')}</section>"
+        for name, fig in plots.figures(study).items()
+    )
+    template = Template(resources.files("automtl.dashboards").joinpath("dashboard.html").read_text())
+    return template.substitute(
+        title=html.escape(f"{config.name} — automtl study"),
+        subtitle=html.escape(f"{run.path.resolve()} · problem {config.problem.name} · strategies "
+                             f"{', '.join(config.pruning.strategies)}"),
+        cards="".join(f"<div class='card'>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in cards.items()),
+        table=front_table(study),
+        figures=figures,
+        plotlyjs=get_plotlyjs(),
+    )
+
+
+def write_dashboard(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write the dashboard (default ``RUN_DIR/dashboard.html``) atomically; return its path."""
+    run = RunDir(run_dir).require()
+    output = Path(output) if output else run.path / "dashboard.html"
+    if output.is_dir():
+        raise UserError(f"-o {output} is a directory; give a file name such as {output / 'dashboard.html'}")
+    if not output.parent.exists():
+        raise UserError(f"-o {output}: folder {output.parent} does not exist")
+    atomic_write_bytes(output, dashboard(run.load_study(), run).encode())
+    return output
+
+
+def mlflow_artifacts(study: optuna.Study, run: RunDir) -> dict[str, str]:
+    """What the parent run carries: the front as JSON, every figure as self-contained HTML, the dashboard."""
+    artifacts = {"pareto_front.json": json.dumps([pareto.describe(t) for t in pareto.front(study)], indent=1)}
+    for name, fig in plots.figures(study).items():
+        artifacts[f"{name}.html"] = fig.to_html(include_plotlyjs=True, full_html=True)
+    artifacts["dashboard.html"] = dashboard(study, run)
+    return artifacts
+
+
+def sync_mlflow(run_dir: str | Path) -> dict:
+    """Rebuild the study's MLflow experiment, parent run, child runs, tags and artifacts from the storage."""
+    run = RunDir(run_dir).require()
+    config, study = run.load_config(), run.load_study()
+    if not config.tracking.enabled:
+        raise UserError(f"tracking is disabled in {run.config_file}; nothing to sync")
+    tracker = tracking.start(study, config, run.path)
+    if tracker is None:
+        raise UserError("the MLflow tracking server cannot be reached; start it (or fix tracking.uri) and retry")
+    front = {t.number for t in pareto.front(study)}
+    created = tracking.sync(study, tracker, front, pareto.hypervolume_history(study), mlflow_artifacts(study, run))
+    return {"experiment": study.user_attrs["mlflow_experiment"], "parent_run_id": tracker.parent_run_id,
+            "created_child_runs": created, "trials": len(study.trials), "tracking_uri": study.user_attrs["mlflow_uri"]}

@@ -1,0 +1,202 @@
+"""MLflow views of a study: an experiment per study, a parent run, a child run per trial.
+
+The study storage stays the source of truth: everything here can be rebuilt
+from it with :func:`sync` (``automtl report RUN_DIR --sync-mlflow``). Runs are
+found again by tags (``automtl.study``, ``automtl.role``, ``automtl.trial``),
+so syncing is idempotent and a resumed search reattaches to its parent run.
+
+Child runs are created by whichever process ran the trial (``Tracker.attach``
+reads the experiment and parent run from the study), so this works from any
+worker. A tracking server that cannot be reached never stops a search: it is
+reported once, tracking is switched off in that process, and the trials stay
+in the study for a later sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Iterable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+ROLE, STUDY_TAG, TRIAL_TAG = "automtl.role", "automtl.study", "automtl.trial"
+# Fail fast instead of MLflow's multi-minute retry schedule when a server is down.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _client(uri: str | None):
+    from mlflow.tracking import MlflowClient  # heavy import, only when tracking
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its database-migration chatter
+    return MlflowClient(tracking_uri=uri)
+
+
+def reachable(uri: str) -> bool:
+    """For http(s) URIs, whether something listens there (3 s); local stores are always reachable."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return True
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, str]:
+    attrs = trial.user_attrs
+    params = {"order": " > ".join(attrs.get("order") or []) or "(none)", "loss_method": attrs.get("loss_method"),
+              "distillation": attrs.get("distillation"), "worker": attrs.get("worker")}
+    params |= {f"threshold.{k}": v for k, v in (attrs.get("thresholds") or {}).items()}
+    params |= {f"loss_weight.{k}": v for k, v in (attrs.get("loss_weights") or {}).items()}
+    return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
+    attrs = trial.user_attrs
+    metrics = {k: attrs[k] for k in ("sparsity", "compression_ratio", "nonzero_parameters", "empty_units",
+                                     "fine_tune_seconds", "prune_seconds") if k in attrs}
+    metrics |= {f"accuracy.{k}": v for k, v in (attrs.get("accuracy") or {}).items()}
+    metrics |= {f"test_accuracy.{k}": v for k, v in (attrs.get("test_accuracy") or {}).items()}
+    return {k: float(v) for k, v in metrics.items()}
+
+
+class Tracker:
+    """Writes one study's runs; every failure is reported once and then tracking stops quietly."""
+
+    def __init__(self, client, experiment_id: str, parent_run_id: str, study_uid: str):
+        self.client, self.experiment_id = client, experiment_id
+        self.parent_run_id, self.study_uid = parent_run_id, study_uid
+        self.broken = False
+
+    @classmethod
+    def attach(cls, study: optuna.Study) -> "Tracker | None":
+        """The tracker a search set up for ``study`` (None if tracking is off or unavailable)."""
+        attrs = study.user_attrs
+        if not attrs.get("mlflow_active"):
+            return None
+        return cls(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
+                   attrs["study_uid"])
+
+    def log_trial(self, trial: FrozenTrial, pareto: bool | None = None) -> None:
+        """Create (or update) the child run of a finished trial."""
+        if self.broken:
+            return
+        try:
+            self._log_trial(trial, pareto, self._child_runs().get(trial.number))
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop a search
+            self.broken = True
+            log.warning("MLflow logging failed (%s); tracking is off in this process, trials stay in the study. "
+                        "Run `automtl report RUN_DIR --sync-mlflow` later.", exc)
+
+    def _child_runs(self) -> dict[int, str]:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STUDY_TAG}` = '{self.study_uid}' and tags.`{ROLE}` = 'trial'",
+            max_results=50000,
+        )
+        return {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in runs}
+
+    def _log_trial(self, trial: FrozenTrial, pareto: bool | None, run_id: str | None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        tags = {STUDY_TAG: self.study_uid, ROLE: "trial", TRIAL_TAG: str(trial.number),
+                "mlflow.parentRunId": self.parent_run_id, "state": trial.state.name.lower()}
+        if "fail_reason" in trial.user_attrs:
+            tags["fail_reason"] = trial.user_attrs["fail_reason"]
+        if pareto is not None:
+            tags["pareto"] = str(pareto).lower()
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}", tags=tags).info.run_id
+            timestamp = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, timestamp, 0) for k, v in trial_metrics(trial).items()],
+                params=[Param(k, v) for k, v in trial_params(trial).items()],
+            )
+            self.client.set_terminated(run_id, "FINISHED" if trial.state == TrialState.COMPLETE else "FAILED")
+        else:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
+    """Set up (or reattach to) the study's experiment and parent run; None when tracking is off
+    or the server cannot be reached (said once, the search runs on)."""
+    study.set_user_attr("mlflow_active", False)
+    if not config.tracking.enabled:
+        return None
+    import mlflow
+
+    uri = config.tracking.uri or mlflow.get_tracking_uri()
+    if not reachable(uri):
+        log.warning("MLflow tracking server %s cannot be reached; the search runs on without it (trials stay in "
+                    "the study). Run `automtl report %s --sync-mlflow` once it is up.", uri, run_dir)
+        return None
+    try:
+        tracker = _ensure_parent(study, _client(uri), uri, config, run_dir)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("MLflow tracking at %s failed (%s); the search runs on without it.", uri, exc)
+        return None
+    study.set_user_attr("mlflow_active", True)
+    return tracker
+
+
+def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path) -> Tracker:
+    attrs = study.user_attrs
+    name = attrs.get("mlflow_experiment") or config.tracking.experiment or f"{config.name}/{run_dir.resolve().name}"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{attrs['study_uid']}' and tags.`{ROLE}` = 'study'"
+    )
+    if found:
+        parent = found[0].info.run_id
+    else:
+        parent = client.create_run(experiment_id, run_name=config.name, tags={
+            STUDY_TAG: attrs["study_uid"], ROLE: "study", "run_dir": str(run_dir.resolve())}).info.run_id
+        from mlflow.entities import Param
+
+        params = {"sampler": config.sampler.name, "seed": config.seed, "problem": config.problem.name,
+                  "strategies": ", ".join(config.pruning.strategies), "order": config.pruning.order,
+                  "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(attrs["objectives"])}
+        client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
+    for key, value in {"mlflow_uri": uri, "mlflow_experiment": name, "mlflow_experiment_id": experiment_id,
+                       "mlflow_parent_run_id": parent}.items():
+        study.set_user_attr(key, value)
+    return Tracker(client, experiment_id, parent, attrs["study_uid"])
+
+
+def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervolumes: Iterable[tuple[int, float]],
+         artifacts: dict[str, str]) -> int:
+    """Make MLflow match the study: every finished trial has its child run with the right Pareto tag,
+    the parent run has the hypervolume history and the given artifacts ({file name: text}).
+    Returns how many child runs were created."""
+    from mlflow.entities import Metric
+
+    existing = tracker._child_runs()
+    created = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        run_id = existing.get(trial.number)
+        tracker._log_trial(trial, trial.number in front_numbers, run_id)
+        created += run_id is None
+    client, parent = tracker.client, tracker.parent_run_id
+    logged = {m.step for m in client.get_metric_history(parent, "hypervolume")}
+    new = [Metric("hypervolume", hv, 0, step) for step, hv in hypervolumes if step not in logged]
+    for start in range(0, len(new), 900):
+        client.log_batch(parent, metrics=new[start:start + 900])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in artifacts.items():
+            path = Path(tmp) / name
+            path.write_text(text)
+            client.log_artifact(parent, str(path))
+    return created

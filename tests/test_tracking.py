@@ -1,0 +1,173 @@
+"""MLflow views of a study, the dashboard page, and rebuilding MLflow from the study storage."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automtl.rundir import RunDir
+from tests.test_search import FAST, SMOKE
+
+TRIALS = 8
+
+
+def cli(cwd, *args, check=True):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run([sys.executable, "-m", "automtl", *map(str, args)], capture_output=True, text=True,
+                            cwd=cwd, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def client(cwd):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+
+
+def study_runs(cwd, experiment="smoke/smoke"):
+    c = client(cwd)
+    experiment = c.get_experiment_by_name(experiment)
+    assert experiment is not None, "the study's experiment is missing"
+    runs = c.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("automtl.role") == "study"]
+    children = {int(r.data.tags["automtl.trial"]): r for r in runs if r.data.tags.get("automtl.role") == "trial"}
+    return c, parents, children
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("tracked")
+    cli(cwd, "search", SMOKE, "--trials", TRIALS, "--workers", 2, "--run-dir", "runs/smoke", "--json", *FAST)
+    return cwd
+
+
+def test_search_logs_one_parent_and_one_child_per_trial(tracked):
+    c, parents, children = study_runs(tracked)
+    assert len(parents) == 1 and sorted(children) == list(range(TRIALS))
+    parent = parents[0]
+    assert parent.data.params["sampler"] == "tpe" and "magnitude" in parent.data.params["strategies"]
+    for number, run in children.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["state"] == "complete"
+        assert {"order", "loss_method", "distillation"} <= set(run.data.params)
+        assert any(k.startswith("threshold.") for k in run.data.params)
+        assert {"sparsity", "compression_ratio", "accuracy.left", "accuracy.right"} <= set(run.data.metrics)
+    history = c.get_metric_history(parent.info.run_id, "hypervolume")
+    assert sorted(m.step for m in history) == list(range(TRIALS))
+    assert all(a.value <= b.value for a, b in zip(sorted(history, key=lambda m: m.step), sorted(history, key=lambda m: m.step)[1:]))
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"dashboard.html", "tradeoff.html", "front_3d.html", "parameters.html", "hypervolume.html",
+            "orders.html", "pareto_front.json"} <= artifacts
+
+
+def test_pareto_tags_match_the_pareto_command(tracked):
+    _, _, children = study_runs(tracked)
+    front = {row["trial"] for row in json.loads(cli(tracked, "pareto", "runs/smoke", "--json").stdout)}
+    tagged = {n for n, run in children.items() if run.data.tags["pareto"] == "true"}
+    assert tagged == front and front
+
+
+def test_pareto_where_filters_and_explains(tracked):
+    front = json.loads(cli(tracked, "pareto", "runs/smoke", "--json").stdout)
+    best = max(r["sparsity"] for r in front)
+    kept = json.loads(cli(tracked, "pareto", "runs/smoke", "--json", "--where", f"sparsity>={best}").stdout)
+    assert [r["sparsity"] for r in kept] == [best]
+    none = cli(tracked, "pareto", "runs/smoke", "--where", "left>=1.5", check=False)
+    assert none.returncode == 2 and "no Pareto trial meets left>=1.5; closest: trial" in " ".join(none.stderr.split())
+
+
+def test_deleted_mlflow_database_is_rebuilt_from_the_study(tracked, tmp_path):
+    cwd = tmp_path / "copy"
+    shutil.copytree(tracked, cwd)
+    _, parents_before, children_before = study_runs(cwd)
+    (cwd / "mlflow.db").unlink()
+    shutil.rmtree(cwd / "mlruns", ignore_errors=True)
+    result = cli(cwd, "report", "runs/smoke", "--sync-mlflow")
+    assert f"{TRIALS} child runs re-created" in " ".join(result.stdout.split())
+    c, parents, children = study_runs(cwd)
+    assert len(parents) == 1 and sorted(children) == sorted(children_before)
+    for number, run in children.items():
+        before = children_before[number]
+        assert run.data.params == before.data.params and run.data.tags["pareto"] == before.data.tags["pareto"]
+        assert run.data.metrics == pytest.approx(before.data.metrics)
+    assert len(c.get_metric_history(parents[0].info.run_id, "hypervolume")) == TRIALS
+    # Syncing again changes nothing.
+    again = cli(cwd, "report", "runs/smoke", "--sync-mlflow")
+    assert "0 child runs re-created" in " ".join(again.stdout.split())
+    assert len(study_runs(cwd)[2]) == TRIALS
+
+
+def test_resumed_search_reattaches_to_its_parent_run(tracked, tmp_path):
+    cwd = tmp_path / "resumed"
+    shutil.copytree(tracked, cwd)
+    cli(cwd, "search", SMOKE, "--trials", TRIALS + 3, "--run-dir", "runs/smoke", "--resume", "--json", *FAST)
+    _, parents, children = study_runs(cwd)
+    assert len(parents) == 1 and sorted(children) == list(range(TRIALS + 3))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_does_not_stop_the_search(tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    result = cli(tmp_path, "search", SMOKE, "--trials", 4, "--run-dir", "runs/smoke", "--json", *FAST,
+                 "--set", f"tracking.uri={uri}")
+    assert "cannot be reached; the search runs on" in " ".join(result.stderr.split())
+    assert json.loads(result.stdout)["status"]["counts"]["complete"] == 4
+    sync = cli(tmp_path, "report", "runs/smoke", "--sync-mlflow", check=False)
+    assert sync.returncode == 2 and "cannot be reached" in sync.stderr
+
+
+def test_dashboard_is_self_contained_with_every_figure_and_the_front(tracked, tmp_path):
+    out = tmp_path / "dash.html"
+    cli(tracked, "report", "runs/smoke", "-o", out)
+    page = out.read_text()
+    assert "<script src=" not in page and "cdn" not in page.lower().split("plotly.js v")[0][-200:]
+    for name in ("tradeoff", "front_3d", "parameters", "hypervolume", "orders"):
+        assert f'id="figure-{name}"' in page
+    front = json.loads(cli(tracked, "pareto", "runs/smoke", "--json").stdout)
+    assert page.count("<tr") == len(front) + 1
+    bad = cli(tracked, "report", "runs/smoke", "-o", tmp_path / "missing" / "d.html", check=False)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_dashboard_template_ships_in_the_wheel(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path,
+                    root], check=True, capture_output=True)
+    import zipfile
+
+    (wheel,) = tmp_path.glob("automtl-*.whl")
+    assert "automtl/dashboards/dashboard.html" in zipfile.ZipFile(wheel).namelist()
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def test_dashboard_renders_in_headless_chromium(tracked):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it)")
+    page = (tracked / "runs" / "smoke" / "dashboard.html").as_uri()
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--virtual-time-budget=15000", "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('class="main-svg"') >= 5, "plotly drew no SVG"
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "ERROR" in line], console
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([*flags, "--window-size=1400,2600", f"--screenshot={shot}", page], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000
