@@ -207,18 +207,7 @@ def status(run_dir: str | Path) -> dict:
 def pareto_front(run_dir: str | Path, where: list[str] = ()) -> list[dict]:
     """The Pareto trials of a run, decoded; ``where`` keeps those meeting constraints like ``left>=0.92``."""
     study = RunDir(run_dir).require().load_study()
-    front = pareto.front(study)
-    if where:
-        constraints = pareto.parse_constraints(list(where), study.user_attrs.get("tasks", []))
-        kept = pareto.select(front, constraints)
-        if not kept and front:
-            closest = sorted(front, key=lambda t: -sum(
-                min(0.0, (pareto.metric(t, n) - v) if op == ">=" else (v - pareto.metric(t, n)))
-                for n, op, v in constraints))[:3]
-            raise UserError(f"no Pareto trial meets {' and '.join(where)}; closest: " + "; ".join(
-                f"trial {t.number} (" + ", ".join(f"{n} {pareto.metric(t, n):.4g}" for n, _, _ in constraints) + ")"
-                for t in closest))
-        front = kept
+    front = pareto.require(pareto.front(study), list(where), study.user_attrs.get("tasks", []))
     return [pareto.describe(t) for t in front]
 
 
@@ -230,3 +219,12 @@ def report_dashboard(run_dir: str | Path, output: str | Path | None = None) -> P
 def sync_mlflow(run_dir: str | Path) -> dict:
     """Rebuild every MLflow run of a study from its storage."""
     return report.sync_mlflow(run_dir)
+
+
+def export_trial(run_dir, out_dir, trial=None, pick=None, constraints=(), formats=None, quantize=None,
+                 register=None, alias="candidate"):
+    """Export a trial (see :mod:`automtl.export`)."""
+    from automtl import export
+
+    return export.export(run_dir, out_dir, trial, pick, list(constraints), formats or list(export.FORMATS),
+                         quantize, register, alias)

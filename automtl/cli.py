@@ -187,6 +187,37 @@ def cmd_report(args: argparse.Namespace) -> None:
     console.print(f"dashboard written to {path}", soft_wrap=True)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    constraints = [f"{task}>={value}" for task, value in args.min_accuracy]
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    with err_console.status("exporting…"):
+        result = api.export_trial(args.run_dir, args.output, args.trial, args.pick, constraints, formats,
+                                  args.quantize, args.register, args.alias)
+    card = result.card
+    params, files = card["parameters"], card["files"]
+    table = Table("", "dense", "exported", title=f"trial {card['trial']} → {result.out_dir}")
+    table.add_row("parameters", f"{params['dense']:,}", f"{params['exported']:,} ({params['exported_nonzero']:,} non-zero)")
+    table.add_row("FLOPs", f"{card['flops']['dense']:,}", f"{card['flops']['exported']:,}")
+    latency = card["latency_ms_per_batch_of_256"]
+    runtime = "onnx" if "exported_onnx" in latency else "pytorch"
+    table.add_row(f"CPU ms / batch of 256 ({runtime})", f"{latency[f'dense_{runtime}']:.3f}",
+                  f"{latency[f'exported_{runtime}']:.3f}")
+    for task, acc in card["test_accuracy"]["exported_pytorch"].items():
+        table.add_row(f"test accuracy {task}", "", f"{acc:.2%}")
+    console.print(table)
+    console.print("files: " + ", ".join(f"{f['path']} ({f['bytes'] / 1024:.0f} KiB)" for f in files.values()), soft_wrap=True)
+    if "mlflow" in card:
+        console.print(f"logged to MLflow: {card['mlflow']['model_uri']}", soft_wrap=True)
+
+
+def _task_value(text: str) -> tuple[str, float]:
+    task, sep, value = text.partition("=")
+    try:
+        return task, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TASK=VALUE like left=0.9, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automtl", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -224,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="dashboard file (default RUN_DIR/dashboard.html)")
     p.add_argument("--sync-mlflow", action="store_true", help="re-create every MLflow run from the study storage")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a trial as a smaller ONNX / torch.export / safetensors model")
+    p.add_argument("run_dir")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="an explicit (finished) trial number")
+    which.add_argument("--pick", help="knee (default), sparsest, or best-<task>, among the Pareto trials")
+    p.add_argument("--min-accuracy", type=_task_value, action="append", default=[], metavar="TASK=VALUE",
+                   help="constraint on the picked trial's validation accuracy (repeatable)")
+    p.add_argument("--format", default=",".join(("onnx", "torchscript", "safetensors")),
+                   help="comma-separated: onnx, torchscript (torch.export .pt2), safetensors")
+    p.add_argument("--quantize", help="int8: also write a dynamically quantised ONNX model")
+    p.add_argument("--register", metavar="NAME", help="register the model in MLflow under NAME")
+    p.add_argument("--alias", default="candidate", help="alias of the registered version (default candidate)")
+    p.add_argument("-o", "--output", required=True, help="a new (or empty) output folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("strategies", help="list the pruning strategies and their thresholds")
     p.add_argument("--json", action="store_true")

@@ -140,3 +140,21 @@ def select(trials: list[FrozenTrial], constraints: list[tuple[str, str, float]])
     """The trials meeting every constraint."""
     return [t for t in trials if all(
         (v := metric(t, name)) is not None and _OPS[op](v, bound) for name, op, bound in constraints)]
+
+
+def require(trials: list[FrozenTrial], texts: list[str], tasks: list[str]) -> list[FrozenTrial]:
+    """The trials meeting constraints like ``left>=0.92``; if none does, a UserError names the closest."""
+    if not texts:
+        return trials
+    constraints = parse_constraints(texts, tasks)
+    kept = select(trials, constraints)
+    if kept or not trials:
+        return kept
+
+    def shortfall(trial: FrozenTrial) -> float:
+        return sum(max(0.0, (v - metric(trial, n)) if op == ">=" else (metric(trial, n) - v)) for n, op, v in constraints)
+
+    closest = sorted(trials, key=shortfall)[:3]
+    described = "; ".join(
+        f"trial {t.number} (" + ", ".join(f"{n} {metric(t, n):.4g}" for n, _, _ in constraints) + ")" for t in closest)
+    raise UserError(f"no Pareto trial meets {' and '.join(texts)}; closest: {described}")

@@ -200,3 +200,31 @@ def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervo
             path.write_text(text)
             client.log_artifact(parent, str(path))
     return created
+
+
+def log_exported_model(study: optuna.Study, trial_number: int, model, example, register: str | None,
+                       alias: str) -> dict:
+    """Log ``model`` with ``mlflow.pytorch.log_model`` under the trial's child run; optionally register it
+    as ``register`` with ``alias``. Returns where it went."""
+    import mlflow
+    import torch
+
+    attrs = study.user_attrs
+    if "mlflow_parent_run_id" not in attrs or not reachable(attrs["mlflow_uri"]):
+        raise RuntimeError("the study has no reachable MLflow tracking (run `automtl report --sync-mlflow` first)")
+    tracker = Tracker(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
+                      attrs["study_uid"])
+    run_id = tracker._child_runs().get(trial_number)
+    if run_id is None:
+        raise RuntimeError(f"trial {trial_number} has no MLflow run (run `automtl report --sync-mlflow` first)")
+    mlflow.set_tracking_uri(attrs["mlflow_uri"])
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=register, input_example=example,
+                                        serialization_format="pickle",  # pt2 needs tensor-only outputs, ours are per task
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    logged = {"run_id": run_id, "model_uri": info.model_uri}
+    if register:
+        version = info.registered_model_version
+        tracker.client.set_registered_model_alias(register, alias, version)
+        logged |= {"registered_model": register, "version": version, "alias": alias}
+    return logged

@@ -1,0 +1,111 @@
+"""Exporting a trial as a physically smaller model, checked with onnxruntime."""
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import optuna
+import pytest
+import torch
+
+from automtl.rundir import RunDir
+from tests.test_search import FAST, SMOKE
+from tests.test_tracking import cli
+
+STRUCTURED = "{order: [activation, magnitude], thresholds: {activation: 0.5, magnitude: 0.1}, loss_weights: {left: 0.5, right: 0.5}}"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("export")
+    space = cwd / "space.yaml"
+    space.write_text(SMOKE.read_text() + f"enqueue:\n  - {STRUCTURED}\n")
+    cli(cwd, "search", space, "--trials", 6, "--run-dir", "runs/smoke", "--json", *FAST)
+    return cwd
+
+
+def problem_for(cwd):
+    config = RunDir(cwd / "runs" / "smoke").load_config()
+    return config.problem.build(config.seed)
+
+
+def test_exported_onnx_reproduces_the_trial_and_is_physically_smaller(searched):
+    cli(searched, "export", "runs/smoke", "--trial", 0, "--quantize", "int8", "-o", "out0")
+    out = searched / "out0"
+    card = json.loads((out / "card.json").read_text())
+    trial = RunDir(searched / "runs" / "smoke").load_study().trials[0]
+    assert card["trial"] == 0 and card["plan"]["order"] == ["activation", "magnitude"]
+    assert trial.user_attrs["empty_units"] > 0 and card["removed_units"] > 0
+    assert card["parameters"]["exported"] < card["parameters"]["dense"]
+    assert card["flops"]["exported"] < card["flops"]["dense"]
+    assert card["onnx_max_abs_diff"] <= 1e-5
+    # Re-evaluate the ONNX file ourselves on the test split.
+    problem = problem_for(searched)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(problem.task_names, {"input": problem.test.inputs.numpy()})
+    for task, logits in zip(problem.task_names, outputs):
+        accuracy = float((np.argmax(logits, 1) == problem.test.targets[task].numpy()).mean())
+        assert accuracy == pytest.approx(trial.user_attrs["test_accuracy"][task], abs=1e-3)
+    # torch.export program gives the same outputs.
+    program = torch.export.load(str(out / "model.pt2")).module()
+    with torch.no_grad():
+        reference = program(problem.test.inputs[:32])
+    np.testing.assert_allclose(reference[0].numpy(), outputs[0][:32], atol=1e-5)
+    int8 = card["test_accuracy"]["exported_onnx_int8"]
+    assert all(abs(int8[t] - card["test_accuracy"]["exported_onnx"][t]) < 0.05 for t in problem.task_names)
+    for kind in ("onnx", "onnx_int8", "torch_export", "safetensors"):
+        assert (out / card["files"][kind]["path"]).stat().st_size == card["files"][kind]["bytes"]
+    assert card["files"]["onnx_int8"]["bytes"] < card["files"]["onnx"]["bytes"]
+
+
+def test_pick_rules_and_constraints(searched):
+    front = json.loads(cli(searched, "pareto", "runs/smoke", "--json").stdout)
+    cli(searched, "export", "runs/smoke", "--pick", "sparsest", "--format", "onnx", "-o", "sparsest")
+    assert json.loads((searched / "sparsest" / "card.json").read_text())["trial"] == max(front, key=lambda r: r["sparsity"])["trial"]
+    best = max(front, key=lambda r: r["accuracy"]["left"])
+    cli(searched, "export", "runs/smoke", "--pick", "best-left", "--format", "safetensors", "-o", "best")
+    assert json.loads((searched / "best" / "card.json").read_text())["trial"] == best["trial"]
+    floor = min(r["accuracy"]["right"] for r in front)
+    cli(searched, "export", "runs/smoke", "--min-accuracy", f"right={floor}", "--format", "onnx", "-o", "knee")
+    assert json.loads((searched / "knee" / "card.json").read_text())["trial"] in {r["trial"] for r in front}
+
+
+def test_registering_the_model_in_mlflow(searched):
+    cli(searched, "export", "runs/smoke", "--trial", 0, "--format", "onnx", "--register", "smoke-model",
+        "--alias", "staging", "-o", "registered")
+    from mlflow.tracking import MlflowClient
+
+    version = MlflowClient(f"sqlite:///{searched}/mlflow.db").get_model_version_by_alias("smoke-model", "staging")
+    card = json.loads((searched / "registered" / "card.json").read_text())
+    assert card["mlflow"]["version"] == version.version and card["mlflow"]["run_id"] == version.run_id
+
+
+def test_bad_exports_exit_2_and_leave_nothing_behind(searched, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(searched / "runs" / "smoke", copy)
+    study = RunDir(copy).load_study()
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    failed = len(study.trials) - 1
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["export", tmp_path / "nowhere", "-o", tmp_path / "o1"], "not an automtl run directory"),
+        (["export", copy, "--trial", failed, "-o", tmp_path / "o2"], f"trial {failed} is fail, not complete"),
+        (["export", copy, "--trial", 999, "-o", tmp_path / "o3"], "trial 999 does not exist"),
+        (["export", copy, "--min-accuracy", "left=1.5", "-o", tmp_path / "o4"], "no Pareto trial meets left>=1.5; closest: trial"),
+        (["export", copy, "--pick", "best-middle", "-o", tmp_path / "o5"], "--pick 'best-middle' is unknown; allowed"),
+        (["export", copy, "--format", "tflite", "-o", tmp_path / "o6"], "allowed formats are onnx,torchscript,safetensors"),
+        (["export", copy, "--format", "safetensors", "--quantize", "int8", "-o", tmp_path / "o7"], "include onnx"),
+        (["export", copy, "-o", tmp_path / "full"], "exists and is not an empty folder"),
+        (["export", copy, "-o", tmp_path / "a-file" / "out"], "cannot write into"),
+    ]
+    for args, message in cases:
+        result = cli(tmp_path, *args, check=False)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.stderr
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["a-file", "copy", "full"], leftovers
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
