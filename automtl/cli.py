@@ -198,9 +198,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     table = Table("", "dense", "exported", title=f"trial {card['trial']} → {result.out_dir}")
     table.add_row("parameters", f"{params['dense']:,}", f"{params['exported']:,} ({params['exported_nonzero']:,} non-zero)")
     table.add_row("FLOPs", f"{card['flops']['dense']:,}", f"{card['flops']['exported']:,}")
-    latency = card["latency_ms_per_batch_of_256"]
+    latency = card["latency_ms"]
     runtime = "onnx" if "exported_onnx" in latency else "pytorch"
-    table.add_row(f"CPU ms / batch of 256 ({runtime})", f"{latency[f'dense_{runtime}']:.3f}",
+    table.add_row(f"CPU ms / batch of {card['latency_batch']} ({runtime})", f"{latency[f'dense_{runtime}']:.3f}",
                   f"{latency[f'exported_{runtime}']:.3f}")
     for task, acc in card["test_accuracy"]["exported_pytorch"].items():
         table.add_row(f"test accuracy {task}", "", f"{acc:.2%}")

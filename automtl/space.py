@@ -20,7 +20,7 @@ This is the only module that knows how a plan is encoded for a sampler.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
@@ -39,16 +39,13 @@ class TrialPlan:
     loss_method: str
     loss_weights: dict[str, float] | None = None
     distillation: float = 0.0
-    params: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def steps(self) -> list[tuple[str, float]]:
         return [(name, self.thresholds[name]) for name in self.order]
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("params")
-        return data
+        return asdict(self)
 
 
 def lehmer_decode(code: list[int], items: list[str]) -> list[str]:
@@ -76,7 +73,7 @@ def _suggest(trial: optuna.Trial, name: str, rng: Range | float) -> float:
 
 
 def suggest(trial: optuna.Trial, config: SearchConfig, task_names: list[str]) -> TrialPlan:
-    """Sample a plan define-by-run; the raw parameters stay in ``plan.params``."""
+    """Sample a plan define-by-run."""
     pruning = config.pruning
     names = list(pruning.strategies)
     if pruning.order == "fixed":
@@ -101,7 +98,7 @@ def suggest(trial: optuna.Trial, config: SearchConfig, task_names: list[str]) ->
         total = sum(config.loss_weights.weights.values())
         weights = {t: config.loss_weights.weights[t] / total for t in task_names}
     distillation = _suggest(trial, "distill.weight", config.distillation.weight)
-    return TrialPlan(order, thresholds, method, weights, distillation, dict(trial.params))
+    return TrialPlan(order, thresholds, method, weights, distillation)
 
 
 def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict[str, Any]:

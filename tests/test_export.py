@@ -39,7 +39,7 @@ def test_exported_onnx_reproduces_the_trial_and_is_physically_smaller(searched):
     assert trial.user_attrs["empty_units"] > 0 and card["removed_units"] > 0
     assert card["parameters"]["exported"] < card["parameters"]["dense"]
     assert card["flops"]["exported"] < card["flops"]["dense"]
-    assert card["onnx_max_abs_diff"] <= 1e-5
+    assert card["onnx_vs_pytorch"]["max_abs_diff"] < 1e-4  # export refuses anything beyond allclose(1e-5, 1e-5)
     # Re-evaluate the ONNX file ourselves on the test split.
     problem = problem_for(searched)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
