@@ -174,3 +174,16 @@ def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(tmp_path):
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= 3
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     assert all(t.user_attrs.get("fail_reason") == "interrupted" for t in study.trials if t.state == TrialState.FAIL)
+
+
+def test_parameter_count_can_be_a_minimised_objective(tmp_path):
+    run_dir = tmp_path / "params"
+    cli("search", SMOKE, "--trials", 4, "--run-dir", run_dir, "--json", *FAST,
+        "--set", "objectives=[sparsity, accuracy, parameters]", "--set", "tracking.enabled=false")
+    study = RunDir(run_dir).load_study()
+    assert study.user_attrs["objectives"] == ["sparsity", "accuracy.left", "accuracy.right", "nonzero_parameters"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE", "MAXIMIZE", "MINIMIZE"]
+    for trial in study.trials:
+        assert trial.values[3] == trial.user_attrs["nonzero_parameters"] < trial.user_attrs["total_parameters"]
+    status = json.loads(cli("status", run_dir, "--json").stdout)
+    assert 0 < status["hypervolume"] <= 1
