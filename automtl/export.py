@@ -1,10 +1,12 @@
 """Export a trial as a genuinely smaller model.
 
 1. Load the trial's saved pruned weights (checksummed; no re-training).
-2. **Shrink**: physically remove every hidden unit whose output is provably
-   zero — incoming weights all zero and activation(bias) == 0 — with
-   Torch-Pruning's dependency graph, which also removes the matching inputs
-   of the layers that consume it. Units that still output a constant are kept.
+2. **Shrink**: physically remove every hidden unit that is *silent* (incoming
+   weights all zero and activation(bias) == 0) or *unheard* (every weight
+   reading it downstream is zero), with Torch-Pruning's dependency graph,
+   which also removes the matching slices of the layers around it. Both are
+   exact: outputs do not change. Units that feed a constant into listening
+   layers are kept.
 3. Write ONNX (checked against PyTorch with onnxruntime), ``torch.export``
    (``model.pt2``), safetensors weights, optional dynamic-int8 ONNX
    (onnxruntime's quantiser), and ``card.json`` with everything measured.
@@ -82,28 +84,44 @@ def load_trial_model(run: RunDir, trial: FrozenTrial) -> tuple[nn.Module, Proble
     return model.eval(), problem
 
 
-def _dead_units(layer) -> list[int]:
-    """Units whose output is exactly zero whatever the input."""
+def _silent(layer) -> torch.Tensor:
+    """Bool per unit: its output is exactly zero whatever the input (no incoming weight, and
+    activation(bias) == 0)."""
     module = layer.module
     rows_empty = module.weight.detach().flatten(1).eq(0).all(dim=1)
     bias = module.bias.detach() if module.bias is not None else torch.zeros(module.weight.shape[0])
-    if layer.activation is not None:
-        constant = layer.activation(bias.view(1, -1)).view(-1)
-    else:
-        constant = bias
-    return torch.nonzero(rows_empty & constant.eq(0)).flatten().tolist()
+    constant = layer.activation(bias.view(1, -1)).view(-1) if layer.activation is not None else bias
+    return rows_empty & constant.eq(0)
+
+
+def _unheard(graph: tp.DependencyGraph, layer, prune_fn) -> torch.Tensor:
+    """Bool per unit: every weight that reads it downstream is zero, so nothing hears it."""
+    unheard = torch.zeros(layer.units, dtype=torch.bool)
+    for unit in range(layer.units):
+        consumers = [(dep.target.module, idxs) for dep, idxs in graph.get_pruning_group(layer.module, prune_fn, idxs=[unit])
+                     if getattr(dep.handler, "__name__", "") == "prune_in_channels"]
+        unheard[unit] = bool(consumers) and all(
+            isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.detach()[:, list(idxs)].eq(0).all()
+            for m, idxs in consumers)
+    return unheard
 
 
 def shrink(model: nn.Module, problem: Problem) -> int:
-    """Physically remove dead hidden units (in place); returns how many were removed."""
+    """Physically remove (in place) every hidden unit that is silent or unheard; returns how many.
+
+    Both removals leave the outputs exactly as they were; units that output a constant
+    to listening layers are kept.
+    """
     sample = problem.val.inputs[:2]
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=sample)
     removed = 0
     for layer in discover(model, sample, problem.task_names):
-        dead = _dead_units(layer)
-        if layer.is_output or not dead or len(dead) >= layer.units:
+        if layer.is_output:
             continue
         prune_fn = tp.prune_linear_out_channels if isinstance(layer.module, nn.Linear) else tp.prune_conv_out_channels
+        dead = torch.nonzero(_silent(layer) | _unheard(graph, layer, prune_fn)).flatten().tolist()
+        if not dead or len(dead) >= layer.units:
+            continue
         group = graph.get_pruning_group(layer.module, prune_fn, idxs=dead)
         if graph.check_pruning_group(group):
             group.prune()

@@ -217,9 +217,14 @@ def log_exported_model(study: optuna.Study, trial_number: int, model, example, r
     run_id = tracker._child_runs().get(trial_number)
     if run_id is None:
         raise RuntimeError(f"trial {trial_number} has no MLflow run (run `automtl report --sync-mlflow` first)")
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        outputs = {task: logits.numpy() for task, logits in model(torch.from_numpy(example)).items()}
     mlflow.set_tracking_uri(attrs["mlflow_uri"])
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=register, input_example=example,
+        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=register,
+                                        signature=infer_signature(example, outputs),
                                         serialization_format="pickle",  # pt2 needs tensor-only outputs, ours are per task
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     logged = {"run_id": run_id, "model_uri": info.model_uri}

@@ -109,3 +109,27 @@ def test_bad_exports_exit_2_and_leave_nothing_behind(searched, tmp_path):
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers == ["a-file", "copy", "full"], leftovers
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_shrink_removes_silent_and_unheard_units_exactly(small_digits):
+    from automtl import ModelSpec
+    from automtl.export import shrink
+
+    torch.manual_seed(0)
+    model = small_digits.build_model(ModelSpec("mlp", (16, 8))).eval()
+    with torch.no_grad():
+        model.trunk[1].weight[3] = 0      # unit 3: no input ...
+        model.trunk[1].bias[3] = -0.5     # ... and ReLU(-0.5) = 0: silent
+        model.trunk[1].weight[5] = 0      # unit 5: no input but ReLU(bias) > 0: a constant the next layer hears
+        model.trunk[1].bias[5] = 0.7
+        model.trunk[3].weight[:, 9] = 0   # unit 9: nothing reads it: unheard
+        model.trunk[3].weight[:, 5] *= 1  # unit 5 stays heard
+    x = small_digits.val.inputs[:64]
+    with torch.no_grad():
+        before = model(x)
+    assert shrink(model, small_digits) == 2
+    assert model.trunk[1].out_features == 14 and model.trunk[3].in_features == 14
+    with torch.no_grad():
+        after = model(x)
+    for task in before:
+        torch.testing.assert_close(after[task], before[task])
