@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -29,3 +30,10 @@ def write_section(name: str, markdown: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_bytes(BENCHMARKS_MD, text.encode())
+
+
+def publish(name: str, lines: list[str], command: str, started: float) -> None:
+    """Close a section with how to reproduce it (time taken, machine), write it and print it."""
+    lines = [*lines, "", f"Run: `{command}` ({(time.perf_counter() - started) / 60:.1f} min on {machine()})."]
+    write_section(name, "\n".join(lines))
+    print("\n".join(lines))

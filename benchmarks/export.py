@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import machine, write_section
+from _report import publish
 from automtl import api
 
 CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "multidigits.yaml"
@@ -75,12 +75,8 @@ def main() -> None:
         "ONNX stores the weights that survive structural removal densely, so zeros left inside the remaining "
         "layers by unstructured strategies still take 4 bytes each: the size target is met only where the "
         "plan's sparsity is mostly structural. The int8 file stores 1 byte a weight.",
-        "",
-        f"Run: `python benchmarks/export.py --trials {args.trials}` "
-        f"({(time.perf_counter() - started) / 60:.1f} min on {machine()}).",
     ]
-    write_section("export", "\n".join(lines))
-    print("\n".join(lines))
+    publish("export", lines, f"python benchmarks/export.py --trials {args.trials}", started)
 
 
 if __name__ == "__main__":

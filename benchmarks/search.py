@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 import yaml
 
-from _report import machine, write_section
+from _report import publish
 from automtl import api, pareto
 from automtl.config import read_yaml
 from automtl.rundir import RunDir
@@ -117,12 +117,9 @@ def main() -> None:
         *[f"| {s} | {a:.4f} | {b:.4f} | {c:.4f} |" for s, a, b, c in rows],
         f"| mean | {statistics.mean(r[1] for r in rows):.4f} | {statistics.mean(r[2] for r in rows):.4f} "
         f"| {statistics.mean(r[3] for r in rows):.4f} |",
-        "",
-        f"Run: `python benchmarks/search.py --trials {n} --seeds {args.seeds} --speed-trials {args.speed_trials}` "
-        f"({(time.perf_counter() - started) / 60:.1f} min on {machine()}).",
     ]
-    write_section("search", "\n".join(lines))
-    print("\n".join(lines))
+    publish("search", lines, f"python benchmarks/search.py --trials {n} --seeds {args.seeds} "
+            f"--speed-trials {args.speed_trials}", started)
 
 
 if __name__ == "__main__":

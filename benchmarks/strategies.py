@@ -18,7 +18,7 @@ import time
 
 from torch.nn.utils import prune
 
-from _report import machine, write_section
+from _report import publish
 from automtl import ModelSpec, TrainConfig, evaluate, get_problem
 from automtl.pruning import STRATEGIES, PruneContext, apply
 from automtl.train import dense_model, fit
@@ -82,8 +82,6 @@ def main() -> None:
             acc = evaluate(model, problem, problem.test)
             rows.append((strategy, f"{STRATEGIES[strategy].threshold.symbol}={value:.4g}", target, report.sparsity, acc))
             print(rows[-1], flush=True)
-    minutes = (time.perf_counter() - started) / 60
-
     lines = [
         "## Pruning strategies alone (`benchmarks/strategies.py`)",
         "",
@@ -95,16 +93,13 @@ def main() -> None:
         "weights with the same fine-tune. A strategy that cannot reach a target shows the sparsity it "
         "reached at its maximum threshold.",
         "",
-        f"Run: `python benchmarks/strategies.py --epochs {args.epochs} --targets {args.targets}` "
-        f"({minutes:.1f} min on {machine()}).",
-        "",
         "| target | strategy | threshold | sparsity | left | right |",
         "|---:|---|---|---:|---:|---:|",
     ]
     for name, threshold, target, sparsity, acc in rows:
         lines.append(f"| {target:.0%} | {name} | {threshold} | {sparsity:.1%} | {acc['left']:.1%} | {acc['right']:.1%} |")
-    write_section("strategies", "\n".join(lines))
-    print("\n".join(lines))
+    publish("strategies", lines, f"python benchmarks/strategies.py --epochs {args.epochs} --targets {args.targets}",
+            started)
 
 
 if __name__ == "__main__":
