@@ -187,3 +187,13 @@ def test_parameter_count_can_be_a_minimised_objective(tmp_path):
         assert trial.values[3] == trial.user_attrs["nonzero_parameters"] < trial.user_attrs["total_parameters"]
     status = json.loads(cli("status", run_dir, "--json").stdout)
     assert 0 < status["hypervolume"] <= 1
+
+
+def test_one_worker_search_repeats_exactly_with_the_same_seed(tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        cli("search", SMOKE, "--trials", 6, "--workers", 1, "--run-dir", tmp_path / name, "--json", *FAST,
+            "--set", "tracking.enabled=false")
+        study = RunDir(tmp_path / name).load_study()
+        runs.append([(t.params, t.values) for t in study.trials])
+    assert runs[0] == runs[1]
