@@ -144,11 +144,12 @@ def cache_key(problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int)
 
 
 def dense_model(
-    problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int, cache_dir: str | Path
+    problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int, cache_dir: str | Path,
+    device: torch.device | str = "cpu",
 ) -> DenseModel:
-    """Load the cached dense network for this key, or train it once and cache it.
+    """Load the cached dense network for this key, or train it once (on ``device``) and cache it.
 
-    A corrupt cache file is reported, discarded and retrained.
+    The model comes back on the CPU. A corrupt cache file is reported, discarded and retrained.
     """
     path = Path(cache_dir) / f"dense-{problem.name.replace(':', '_')}-{cache_key(problem, spec, config, seed)}.pt"
     torch.manual_seed(seed)
@@ -163,7 +164,8 @@ def dense_model(
         except RuntimeError as exc:  # shapes do not fit this model
             log.warning("cached dense checkpoint %s does not fit the model (%s); retraining", path, exc)
     start = time.perf_counter()
-    fit(model, problem, config, seed)
+    fit(model.to(device), problem.to(device), config, seed)
+    model.cpu()
     seconds = time.perf_counter() - start
     checkpoints.save(path, model.state_dict(), {
         "problem": problem.name, "model": spec.as_dict(), "train": asdict(config), "seed": seed,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +46,13 @@ def objectives(config: SearchConfig, task_names: list[str]) -> list[tuple[str, s
     return names
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when this process sees a GPU (Ray sets which one), else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrialFailed("backend.device is cuda but this worker sees no GPU (torch.cuda.is_available() is False)")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 @dataclass
 class Bench:
     """What every trial of a study shares: config, problem, model spec, trained dense model."""
@@ -56,6 +63,7 @@ class Bench:
     dense: nn.Module
     run_dir: Path
     dense_seconds: float = 0.0
+    _placed: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def prepare(cls, config: SearchConfig, run_dir: str | Path, problem: Problem | None = None) -> "Bench":
@@ -63,13 +71,24 @@ class Bench:
         run_dir = Path(run_dir)
         problem = problem or config.problem.build(config.seed)
         spec = problem.default_model.override(**config.model.overrides())
-        dense = dense_model(problem, spec, TrainConfig(**config.dense.model_dump()), config.seed, run_dir / "dense")
+        device = resolve_device(config.backend.device)
+        dense = dense_model(problem, spec, TrainConfig(**config.dense.model_dump()), config.seed, run_dir / "dense",
+                            device)
         dense.model.eval()
         return cls(config, problem, spec, dense.model, run_dir, dense.seconds)
 
     @property
     def task_names(self) -> list[str]:
         return self.problem.task_names
+
+    def on(self, device: torch.device) -> tuple[Problem, nn.Module]:
+        """The problem's data and the dense model on ``device`` (moved once, then reused)."""
+        if device not in self._placed:
+            self._placed[device] = (self.problem.to(device), copy.deepcopy(self.dense).to(device))
+        return self._placed[device]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_placed": {}}  # ship the CPU copies only (Ray object store, spawn)
 
 
 @dataclass
@@ -100,10 +119,11 @@ def weights_path(number: int) -> str:
 
 def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
     """Prune, fine-tune, evaluate and save; raise TrialFailed on a non-finite result."""
-    config, problem = bench.config, bench.problem
+    config = bench.config
+    problem, dense = bench.on(resolve_device(config.backend.device))
     seed = config.seed + number
     torch.manual_seed(seed)
-    model = copy.deepcopy(bench.dense)
+    model = copy.deepcopy(dense)
 
     start = time.perf_counter()
     ctx = PruneContext.create(
@@ -114,7 +134,7 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
     pruned = time.perf_counter()
 
     weighting = make_weighting("static" if plan.loss_weights else plan.loss_method, problem.task_names, plan.loss_weights)
-    distill = Distillation(bench.dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
+    distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
     history = fit(model, problem, TrainConfig(**config.fine_tune.model_dump()), seed, weighting, distill)
     tuned = time.perf_counter()
     if any(not math.isfinite(v) for epoch in history for v in epoch.values()):

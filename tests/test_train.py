@@ -107,3 +107,21 @@ def test_mnist1d_pair_trains_well_above_chance(tmp_path):
     dense = dense_model(problem, problem.default_model, TrainConfig(epochs=10), seed=0, cache_dir=tmp_path)
     accuracy = evaluate(dense.model, problem, problem.test)
     assert min(accuracy.values()) > 0.3, accuracy
+
+
+def test_a_cuda_trial_without_a_gpu_fails_with_a_clear_reason(monkeypatch):
+    from automtl.trial import TrialFailed, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+    with pytest.raises(TrialFailed, match="device is cuda but this worker sees no GPU"):
+        resolve_device("cuda")
+
+
+def test_moving_a_problem_moves_every_split_and_keeps_the_original(small_digits):
+    moved = small_digits.to("meta")
+    for split in ("train", "val", "test"):
+        assert getattr(moved, split).inputs.device.type == "meta"
+        assert all(t.device.type == "meta" for t in getattr(moved, split).targets.values())
+        assert getattr(small_digits, split).inputs.device.type == "cpu"
+    assert small_digits.to("cpu") is small_digits

@@ -8,7 +8,7 @@ factory that builds a multi-task network for a :class:`~automtl.models.ModelSpec
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
@@ -49,6 +49,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def to(self, device: torch.device | str) -> "Split":
+        """The same split with every tensor on ``device``."""
+        return Split(self.inputs.to(device), {k: v.to(device) for k, v in self.targets.items()},
+                     {k: v.to(device) for k, v in self.meta.items()})
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Yield ``(inputs, targets)`` mini-batches; shuffled when a generator is given."""
@@ -105,6 +110,12 @@ class Problem:
         if self.model_factory is not None:
             return self.model_factory(spec)
         return build_model(spec, self.input_shape, {t.name: t.num_classes for t in self.tasks})
+
+    def to(self, device: torch.device | str) -> "Problem":
+        """The same problem with its data on ``device`` (itself when already there)."""
+        if self.train.inputs.device == torch.device(device):
+            return self
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
 
     def fingerprint(self) -> str:
         """A digest of the problem's data, so caches notice when the data changes."""

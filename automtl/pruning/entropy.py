@@ -18,9 +18,9 @@ def normalised_entropy(acts: Tensor, bins: int = BINS) -> Tensor:
     """Per column of ``(N, units)``: entropy of its histogram over the layer's value range, / log(bins)."""
     low, high = acts.min(), acts.max()
     if high <= low:
-        return torch.zeros(acts.shape[1])
+        return torch.zeros(acts.shape[1], device=acts.device)
     index = ((acts - low) / (high - low) * bins).long().clamp_(max=bins - 1)
-    counts = torch.zeros(acts.shape[1], bins).scatter_add_(1, index.T, torch.ones_like(index.T, dtype=torch.float32))
+    counts = torch.zeros(acts.shape[1], bins, device=acts.device).scatter_add_(1, index.T, torch.ones_like(index.T, dtype=torch.float32))
     p = counts / counts.sum(1, keepdim=True)
     return -(p * p.clamp_min(1e-12).log()).sum(1) / math.log(bins)
 

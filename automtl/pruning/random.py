@@ -21,6 +21,6 @@ class Random(Strategy):
         generator = torch.Generator().manual_seed(ctx.seed)
         removed = 0
         for layer in ctx.weight_layers:
-            scores = torch.rand(layer.module.weight.shape, generator=generator)
+            scores = torch.rand(layer.module.weight.shape, generator=generator).to(layer.module.weight.device)
             removed += remove_weights(layer, lowest_fraction(scores, present(layer.module), value), self.name)
         return removed

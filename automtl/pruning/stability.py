@@ -17,7 +17,7 @@ SAMPLES = 256
 def _unit_effects(model: nn.Module, ctx: PruneContext, layer: Layer, inputs: torch.Tensor, base: dict) -> list[torch.Tensor]:
     """Per task: mean squared output change when each unit of ``layer`` is silenced."""
     units, alive = layer.units, alive_units(layer)
-    effects = {name: torch.zeros(units) for name in ctx.problem.task_names}
+    effects = {name: torch.zeros(units, device=inputs.device) for name in ctx.problem.task_names}
     silenced = {"unit": 0}
 
     def silence(_module, _inputs, output):
@@ -47,7 +47,7 @@ class Stability(Strategy):
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         inputs = ctx.calibration.inputs[:SAMPLES]
-        noise = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(ctx.seed))
+        noise = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(ctx.seed)).to(inputs.device)
         perturbed = inputs + NOISE * inputs.std() * noise
         was_training = model.training
         model.eval()

@@ -5,7 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Mapping
 
+import torch
 from torch import Tensor, nn
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (learned task weights must live there too)."""
+    return next(model.parameters()).device
 
 
 class Weighting(ABC):

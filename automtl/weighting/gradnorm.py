@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from automtl.errors import UserError
-from automtl.weighting.base import Weighting
+from automtl.weighting.base import Weighting, device_of
 
 
 class GradNorm(Weighting):
@@ -29,6 +29,7 @@ class GradNorm(Weighting):
 
     def bind(self, model: nn.Module) -> None:
         self.model, self.shared = model, None
+        self.weights = self.weights.detach().to(device_of(model)).requires_grad_()
 
     def _find_shared(self, losses: list[Tensor]) -> Tensor:
         """The last weight matrix (dim >= 2) in the autograd graph of every task's loss."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from automtl.weighting.base import Weighting
+from automtl.weighting.base import Weighting, device_of
 
 
 class Uncertainty(Weighting):
@@ -16,6 +16,9 @@ class Uncertainty(Weighting):
     def __init__(self, task_names: list[str]):
         super().__init__(task_names)
         self.log_vars = torch.zeros(len(task_names), requires_grad=True)
+
+    def bind(self, model: nn.Module) -> None:
+        self.log_vars = self.log_vars.detach().to(device_of(model)).requires_grad_()
 
     def parameters(self) -> list[Tensor]:
         return [self.log_vars]
