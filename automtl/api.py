@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 
 from automtl import config as config_mod
 from automtl import pareto, progress, report, tracking
-from automtl.backends import local
+from automtl.backends import get_backend
 from automtl.config import SearchConfig
-from automtl.errors import UserError
+from automtl.errors import UserError, is_disk_full
 from automtl.problems import get_problem
 from automtl.rundir import STUDY, RunDir
 from automtl.train import TrainConfig, dense_model, evaluate
@@ -24,6 +26,8 @@ from automtl.trial import Bench, objectives
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Multi-objective metric names and TPE's `group` are experimental in Optuna; we use them on purpose.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def default_cache_dir() -> Path:
@@ -141,6 +145,19 @@ def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], tota
     return study
 
 
+@contextmanager
+def _stop_when_disk_full(run: RunDir) -> Iterator[None]:
+    """A full disk ends the search with a clear message; what was written before stays readable."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise UserError(f"no space left on device while writing {exc.filename or 'to ' + str(run.path)}; every "
+                        f"trial finished before is kept in {run.path}. Free some space, then continue with "
+                        "--resume") from None
+
+
 def search(
     config_path: str | Path,
     overrides: list[str] = (),
@@ -163,13 +180,20 @@ def search(
     problem = config.problem.build(config.seed)
     config.check(problem.task_names)
     spec = problem.default_model.override(**config.model.overrides())
-    total_parameters = sum(p.numel() for p in problem.build_model(spec).parameters())  # refuses bad models early
-    with run.exclusive():
+    try:  # refuse a model that cannot be built (e.g. absurd widths) before anything is written
+        total_parameters = sum(p.numel() for p in problem.build_model(spec).parameters())
+    except (RuntimeError, MemoryError, ValueError) as exc:
+        raise UserError(f"model: cannot build {spec.as_dict()} for problem {problem.name!r} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    backend = get_backend(config.backend.name)
+    backend.preflight(config)
+    with run.exclusive(), _stop_when_disk_full(run):
         if resume:
+            cut = run.repair_journal()
+            if cut:
+                log.warning("study.journal ended in an incomplete last record (%d bytes, from a crash or a full "
+                            "disk); removed it, every finished trial before it is kept", cut)
             study = run.load_study()
-            stale = local.mark_interrupted(study)
-            if stale:
-                log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
         else:
             study = _create_study(run, config, problem.task_names, total_parameters)
         run.write_config(config)
@@ -179,7 +203,7 @@ def search(
             study.set_user_attr("dense_test_accuracy", evaluate(bench.dense, problem, problem.test))
             study.set_user_attr("dense_val_accuracy", evaluate(bench.dense, problem, problem.val))
         try:
-            local.run(run, config, bench, on_progress)
+            backend.run(run, config, bench, on_progress)
         except KeyboardInterrupt:
             raise SearchInterrupted(str(run.path)) from None
         study = run.load_study()

@@ -116,10 +116,18 @@ def _front_table(rows: list[dict], title: str) -> Table:
     return table
 
 
+# Search flags that set a field of the config's ``backend`` section.
+BACKEND_FLAGS = {"backend": "name", "address": "address", "cpus_per_trial": "cpus_per_trial",
+                 "gpus_per_trial": "gpus_per_trial", "max_concurrent": "max_concurrent", "device": "device"}
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     overrides = list(args.set)
     overrides += [f"trials={args.trials}"] if args.trials is not None else []
     overrides += [f"workers={args.workers}"] if args.workers is not None else []
+    for flag, field in BACKEND_FLAGS.items():
+        value = getattr(args, flag)
+        overrides += [f"backend.{field}={value}"] if value is not None else []
     columns = [
         SpinnerColumn(), TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed · front {task.fields[front]} · HV {task.fields[hv]:.4f}"),
@@ -138,8 +146,10 @@ def cmd_search(args: argparse.Namespace) -> None:
             summary = api.search(args.config, overrides, args.run_dir, args.resume, show)
     except api.SearchInterrupted as stop:
         bar.stop()
+        flags = "".join(f" --{flag.replace('_', '-')} {getattr(args, flag)}" for flag in BACKEND_FLAGS
+                        if getattr(args, flag) is not None)
         err_console.print(f"interrupted; finished trials are kept. Resume with: "
-                          f"automtl search {args.config} --resume --run-dir {stop.run_dir}", soft_wrap=True)
+                          f"automtl search {args.config} --resume --run-dir {stop.run_dir}{flags}", soft_wrap=True)
         raise
     finally:
         bar.stop()
@@ -166,6 +176,12 @@ def cmd_status(args: argparse.Namespace) -> None:
     console.print(f"budget {status['budget']}; front {status['front_size']} trials, hypervolume "
                   f"{status['hypervolume']:.4f}; {status['compute_seconds']:.0f}s of trial compute over "
                   f"{status['elapsed_seconds']:.0f}s", soft_wrap=True)
+    if status["failures"]:
+        failed = Table("failed trials", "reason", title="failures")
+        for reason, numbers in status["failures"].items():
+            shown = ", ".join(map(str, numbers[:12])) + (f" … ({len(numbers)})" if len(numbers) > 12 else "")
+            failed.add_row(shown, reason)
+        console.print(failed)
 
 
 def cmd_pareto(args: argparse.Namespace) -> None:
@@ -233,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (overrides the file)")
     p.add_argument("--run-dir", help="where the study lives (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
+    ray = p.add_argument_group("backend", "who runs the trials (see docs/cluster.md)")
+    ray.add_argument("--backend", choices=["local", "ray"], help="local worker processes (default) or Ray Tune")
+    ray.add_argument("--address", help="ray: join this cluster (auto or HOST:PORT); default starts a local Ray")
+    ray.add_argument("--cpus-per-trial", type=float, metavar="C", help="ray: CPUs reserved per trial (default 1)")
+    ray.add_argument("--gpus-per-trial", type=float, metavar="G",
+                     help="ray: GPUs per trial; fractions share a GPU, e.g. 0.25 (default 0)")
+    ray.add_argument("--max-concurrent", type=int, metavar="K", help="ray: at most K trials at once")
+    ray.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                     help="where trials compute (auto = CUDA when the worker has a GPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, e.g. --set fine_tune.epochs=2 (repeatable)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")

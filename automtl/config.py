@@ -47,11 +47,11 @@ def read_yaml(text: str):
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 OBJECTIVES = ("sparsity", "accuracy", "parameters")
-RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking")
+RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Range(Strict):
@@ -210,6 +210,28 @@ class TrackingConfig(Strict):
     experiment: str | None = None
 
 
+class BackendConfig(Strict):
+    """Who runs the trials: ``local`` worker processes, or Ray Tune (``address`` null = start a local Ray;
+    ``auto`` or HOST:PORT = join a cluster). ``device``: where each trial computes (``auto`` = CUDA when
+    the worker has a GPU, else CPU)."""
+
+    name: Literal["local", "ray"] = "local"
+    address: str | None = None
+    cpus_per_trial: PositiveFloat = 1.0
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    max_concurrent: PositiveInt | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self) -> "BackendConfig":
+        if self.name == "local" and (self.address or self.gpus_per_trial or self.max_concurrent):
+            raise ValueError("address, gpus_per_trial and max_concurrent apply to the ray backend only "
+                             "(set backend.name: ray, or pass --backend ray)")
+        if self.gpus_per_trial > 1 and not self.gpus_per_trial.is_integer():
+            raise ValueError(f"gpus_per_trial above 1 must be a whole number, got {self.gpus_per_trial}")
+        return self
+
+
 class SearchConfig(Strict):
     """A whole search: problem, model, pruning space, loss weighting, budget, sampler."""
 
@@ -226,6 +248,7 @@ class SearchConfig(Strict):
     sampler: SamplerConfig = SamplerConfig()
     enqueue: list[PlanConfig] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
+    backend: BackendConfig = BackendConfig()
     trials: PositiveInt = 60
     timeout: PositiveFloat | None = None
     workers: PositiveInt = 1

@@ -5,5 +5,15 @@ message (no traceback) and ends the process with exit status 2.
 """
 
 
+import errno
+
+# errno values meaning the disk (or the user's quota) is full: not a trial's fault, so the search stops.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 class UserError(Exception):
     """Bad input: the message names what is wrong and what is allowed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-import numpy as np
 import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -49,7 +48,7 @@ def tradeoff(study: optuna.Study) -> go.Figure:
                 line.append((x, y))
                 best = y
         fig.add_trace(go.Scatter(x=[p[0] for p in line], y=[p[1] for p in line], mode="lines", line={"color": FRONT,
-                      "shape": "hv"}, name=f"2-D front", showlegend=False, hoverinfo="skip"), row=1, col=col)
+                      "shape": "hv"}, name="2-D front", showlegend=False, hoverinfo="skip"), row=1, col=col)
         fig.update_xaxes(title_text="sparsity", tickformat=".0%", row=1, col=col)
         fig.update_yaxes(title_text="validation accuracy", tickformat=".0%", row=1, col=col)
     fig.update_layout(title="Sparsity vs accuracy per task", height=450)

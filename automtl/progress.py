@@ -28,6 +28,7 @@ class Snapshot:
     compute_seconds: float
     elapsed_seconds: float
     eta_seconds: float | None
+    failures: dict[str, list[int]]  # reason -> numbers of the trials that failed with it
 
     @property
     def finished(self) -> int:
@@ -57,6 +58,10 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
     finished_now = counts["complete"] + counts["failed"]
     remaining = max(0, budget - finished_now - counts["running"])
     eta = elapsed / finished_now * (remaining + counts["running"] / 2) if finished_now and started else None
+    failures: dict[str, list[int]] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            failures.setdefault(t.user_attrs.get("fail_reason", "unknown"), []).append(t.number)
     return Snapshot(
         counts=counts,
         budget=budget,
@@ -65,4 +70,5 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         compute_seconds=compute,
         elapsed_seconds=elapsed,
         eta_seconds=eta,
+        failures=failures,
     )

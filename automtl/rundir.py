@@ -65,6 +65,28 @@ class RunDir:
         self.require()
         return optuna.load_study(study_name=STUDY, storage=self.storage(), sampler=sampler)
 
+    def repair_journal(self) -> int:
+        """Cut a record left half-written (a crash or a full disk mid-append) off the end of the journal.
+
+        Optuna still reads such a journal, but a record appended after the fragment would be joined to it
+        and lost. Call only while holding :meth:`exclusive`. Returns the number of bytes removed.
+        """
+        with open(self.journal, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                fh.seek(start)
+                newline = fh.read(end - start).rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                end = start
+            if end < size:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+        return size - end
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the directory's lock; a second search on it is refused clearly."""

@@ -20,7 +20,7 @@ import socket
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -53,6 +53,16 @@ def reachable(uri: str) -> bool:
         return False
 
 
+def absolute_uri(uri: str) -> str:
+    """A file-based store's URI with an absolute path, so every process (and later `report`) finds the same store."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "sqlite" and parsed.path.startswith("/") and not parsed.path.startswith("//"):
+        return f"sqlite:///{Path(parsed.path[1:]).resolve()}"
+    if parsed.scheme in ("", "file") and uri not in ("databricks", "databricks-uc") and not Path(parsed.path).is_absolute():
+        return Path(parsed.path).resolve().as_uri()
+    return uri
+
+
 def trial_params(trial: FrozenTrial) -> dict[str, str]:
     attrs = trial.user_attrs
     params = {"order": " > ".join(attrs.get("order") or []) or "(none)", "loss_method": attrs.get("loss_method"),
@@ -79,14 +89,25 @@ class Tracker:
         self.parent_run_id, self.study_uid = parent_run_id, study_uid
         self.broken = False
 
+    @staticmethod
+    def attrs(study_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The study attributes a worker needs to log child runs (None if tracking is off or unavailable)."""
+        if not study_attrs.get("mlflow_active"):
+            return None
+        return {k: v for k, v in study_attrs.items() if k.startswith("mlflow_") or k == "study_uid"}
+
     @classmethod
-    def attach(cls, study: optuna.Study) -> "Tracker | None":
-        """The tracker a search set up for ``study`` (None if tracking is off or unavailable)."""
-        attrs = study.user_attrs
-        if not attrs.get("mlflow_active"):
+    def from_attrs(cls, attrs: Mapping[str, Any] | None) -> "Tracker | None":
+        """The tracker described by :meth:`attrs` (None when tracking is off)."""
+        if not attrs:
             return None
         return cls(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
                    attrs["study_uid"])
+
+    @classmethod
+    def attach(cls, study: optuna.Study) -> "Tracker | None":
+        """The tracker a search set up for ``study`` (None if tracking is off or unavailable)."""
+        return cls.from_attrs(cls.attrs(study.user_attrs))
 
     def log_trial(self, trial: FrozenTrial, pareto: bool | None = None) -> None:
         """Create (or update) the child run of a finished trial."""
@@ -137,7 +158,7 @@ def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
         return None
     import mlflow
 
-    uri = config.tracking.uri or mlflow.get_tracking_uri()
+    uri = absolute_uri(config.tracking.uri or mlflow.get_tracking_uri())
     if not reachable(uri):
         log.warning("MLflow tracking server %s cannot be reached; the search runs on without it (trials stay in "
                     "the study). Run `automtl report %s --sync-mlflow` once it is up.", uri, run_dir)

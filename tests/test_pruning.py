@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from automtl import ModelSpec, TrainConfig, UserError, get_problem
-from automtl.pruning import STRATEGIES, PruneContext, apply, get_strategy
+from automtl.pruning import STRATEGIES, PruneContext, apply
 from automtl.pruning.layers import effective, discover
 from automtl.train import fit
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from automtl.rundir import RunDir
 from tests.test_search import FAST, SMOKE
 
 TRIALS = 8

@@ -1,1 +1,21 @@
-"""Who runs the trials: ``local`` (worker processes on this machine) or ``ray`` (a cluster)."""
+"""Who runs the trials: a registry of backends selected by ``backend.name``.
+
+A backend module exposes ``preflight(config)``, which refuses what cannot run
+before anything is written, and ``run(run_dir, config, bench, on_progress)``,
+which runs the study in ``run_dir`` to its budget (the caller holds the
+run-directory lock).
+Backends differ only in who runs :func:`automtl.trial.run`, never in what it
+does. Modules are imported on first use, so Ray is only loaded when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+BACKENDS = {"local": "automtl.backends.local", "ray": "automtl.backends.ray"}
+
+
+def get_backend(name: str) -> ModuleType:
+    """The backend module registered as ``name``."""
+    return importlib.import_module(BACKENDS[name])

@@ -1,0 +1,94 @@
+"""What every backend shares: samplers, the trial budget, recording plans and results, progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from automtl import progress, space
+from automtl.config import SearchConfig
+from automtl.rundir import RunDir
+
+INTERRUPTED = "interrupted"
+
+SAMPLERS: dict[str, Callable[[SearchConfig, int], optuna.samplers.BaseSampler]] = {
+    "tpe": lambda c, seed: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True,
+        n_startup_trials=c.sampler.startup_trials,
+    ),
+    "nsga2": lambda c, seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=c.sampler.population_size),
+    "nsga3": lambda c, seed: optuna.samplers.NSGAIIISampler(seed=seed, population_size=c.sampler.population_size),
+    "gp": lambda c, seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=c.sampler.startup_trials),
+    "random": lambda c, seed: optuna.samplers.RandomSampler(seed=seed),
+}
+
+
+def make_sampler(config: SearchConfig, worker: int, salt: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded per worker and per (re)start so no two draw the same stream."""
+    return SAMPLERS[config.sampler.name](config, config.seed * 1_000_003 + worker * 7919 + salt)
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Trials that count against the budget: started ones, except those failed as interrupted
+    (enqueued trials still waiting do not count until they start)."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING
+        and not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED)
+    )
+
+
+def mark_interrupted(study: optuna.Study, keep: set[int] = frozenset()) -> int:
+    """Mark every RUNNING trial (except numbers in ``keep``) failed as interrupted.
+
+    Call only while holding the run-dir lock, when no other process runs those trials."""
+    storage = study._storage
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in keep]
+    for t in stale:
+        storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return len(stale)
+
+
+def record_plan(trial: optuna.Trial, plan: space.TrialPlan, worker: Any) -> None:
+    """Store the decoded plan (and who runs it) on the trial."""
+    for key, value in plan.as_dict().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("worker", worker)
+
+
+def record_result(trial: optuna.Trial, result: Mapping[str, Any]) -> None:
+    """Store a :class:`~automtl.trial.TrialResult` (as a dict) on the trial, objective values aside."""
+    for key, value in result.items():
+        if key != "values":
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("compute_seconds", result["prune_seconds"] + result["fine_tune_seconds"]
+                        + result["eval_seconds"])
+
+
+@contextmanager
+def reporting(run: RunDir, budget: int, on_progress: Callable[[progress.Snapshot], None] | None) -> Iterator[None]:
+    """While the block runs, call ``on_progress`` with a study snapshot every second (and once at the end)."""
+    if on_progress is None:
+        yield
+        return
+    started, stop = time.time(), threading.Event()
+
+    def monitor():
+        study = run.load_study()
+        while not stop.wait(1.0):
+            on_progress(progress.take(study, budget, started))
+        on_progress(progress.take(study, budget, started))
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()

@@ -1,0 +1,322 @@
+"""Ray backend: Ray Tune schedules the trials on a cluster; Optuna still owns the study.
+
+The driver (the calling process) asks and tells: :class:`StudySearcher` is Ray
+Tune's ``OptunaSearch`` over the same define-by-run space
+(:func:`automtl.space.suggest`), directions and run-directory storage as the
+local backend, so ``status``, ``pareto``, ``report`` and ``export`` read a
+Ray-made run directory unchanged. It stops asking once the budget (or the
+timeout) is spent and records each result, or each failure with its reason.
+
+Workers only run :func:`automtl.trial.run` on the resources Ray gave them (the
+GPU Ray assigned when there is one), write the trial weights into the run
+directory (storage every node mounts, on a multi-node cluster) and create the
+trial's MLflow child run under the study's parent run. The prepared bench
+(problem + dense model) reaches them once, through Ray's object store.
+
+Tune keeps its own experiment state in ``RUN_DIR/tune``; ``--resume`` restores
+it with ``Tuner.restore``: trials that were in flight run again as the same
+Optuna trials, and finished trials are never lost (they live in the study).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import socket
+import time
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import optuna
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing; ours shows progress
+import ray  # noqa: E402
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from automtl import progress, space, tracking
+from automtl import trial as trial_mod
+from automtl.backends.base import budget_used, make_sampler, mark_interrupted, record_plan, record_result, reporting
+from automtl.config import SearchConfig
+from automtl.errors import UserError
+from automtl.rundir import STUDY, RunDir
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "tune"  # Tune's experiment directory inside the run directory
+NUMBER, PLAN = "automtl.number", "automtl.plan"  # what the searcher hands each Tune trial
+RESULT, FAILED = "automtl.result", "automtl.fail_reason"  # what a worker reports back
+MODES = {"maximize": "max", "minimize": "min"}
+PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+def _define(trial: optuna.Trial, config: SearchConfig, task_names: list[str]) -> dict[str, Any]:
+    """Define-by-run space: sample a plan, record it on the trial, hand it (and the trial number) to Tune."""
+    plan = space.suggest(trial, config, task_names)
+    record_plan(trial, plan, "ray")
+    return {NUMBER: trial.number, PLAN: plan.as_dict()}
+
+
+class StudySearcher(OptunaSearch):
+    """``OptunaSearch`` on a run directory's study, with the budget, failure reasons and results recorded.
+
+    Pickles as its run directory only: Tune stores the searcher with the
+    experiment, and a restored one reloads the study (and the new budget) from
+    the run directory; :meth:`save` / :meth:`restore` carry the map from Tune
+    trial ids to Optuna trial numbers.
+    """
+
+    def __init__(self, run_path: str):
+        self._run = RunDir(run_path)
+        self._config = self._run.load_config()
+        study = self._run.load_study()
+        attrs = study.user_attrs
+        super().__init__(
+            space=lambda trial: _define(trial, self._config, attrs["tasks"]),
+            metric=list(attrs["objectives"]),
+            mode=[MODES[d] for d in attrs["directions"]],
+            sampler=make_sampler(self._config, 0, salt=len(study.trials)),
+            study_name=STUDY,
+            storage=self._run.storage(),
+        )
+        self._deadline: float | None = None
+
+    def __reduce__(self):
+        return StudySearcher, (str(self._run.path),)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self._deadline is None:  # the clock starts when Tune first asks, also after a restore
+            self._deadline = time.time() + self._config.timeout if self._config.timeout else math.inf
+        if trial_id not in self._ot_trials and (
+            budget_used(self._ot_study) >= self._config.trials or time.time() >= self._deadline
+        ):
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        self._completed_trials.add(trial_id)
+        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if stored.state.is_finished():  # re-run after a restore of a trial the study already has
+            return
+        payload = json.loads(result[RESULT]) if result and result.get(RESULT) else None
+        if payload is not None:
+            record_result(ot_trial, payload)
+            self._ot_study.tell(ot_trial, payload["values"])
+            return
+        reason = (result or {}).get(FAILED) or (
+            f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})")
+        ot_trial.set_user_attr("fail_reason", reason)
+        log.warning("trial %d failed: %s", ot_trial.number, reason)
+        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+
+    def save(self, checkpoint_path: str) -> None:
+        numbers = {tid: t.number for tid, t in self._ot_trials.items()}
+        state = {"numbers": numbers, "completed": sorted(self._completed_trials)}
+        Path(checkpoint_path).write_text(json.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Rebind Tune's trials to their Optuna trials; mark the study's other running trials interrupted."""
+        state = json.loads(Path(checkpoint_path).read_text())
+        study, storage = self._ot_study, self._ot_study._storage
+        self._completed_trials = set(state["completed"])
+        self._ot_trials = {
+            tid: optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+            for tid, number in state["numbers"].items()
+        }
+        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
+        stale = mark_interrupted(study, keep=live)
+        if stale:
+            log.warning("marked %d trial(s) Tune will not resume as failed (interrupted)", stale)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_tracker(identity: str) -> tracking.Tracker | None:
+    return tracking.Tracker.from_attrs(json.loads(identity))
+
+
+def _tracker(attrs: Mapping[str, Any] | None) -> tracking.Tracker | None:
+    """One MLflow client per worker process and study (a new client re-checks the store's schema: slow)."""
+    return _cached_tracker(json.dumps(attrs, sort_keys=True)) if attrs else None
+
+
+def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None) -> None:
+    """One Tune trial on a worker: run the plan, report the result (or the failure), log the MLflow child run."""
+    number, plan = params[NUMBER], space.TrialPlan(**params[PLAN])
+    torch.set_num_threads(max(1, int(bench.config.backend.cpus_per_trial)))
+    started = datetime.now()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    metrics = {name: math.nan for name, _ in trial_mod.objectives(bench.config, bench.task_names)}
+    attrs: dict[str, Any] = {**plan.as_dict(), "worker": worker}
+    try:
+        if not bench.run_dir.is_dir():
+            raise trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
+                                        "put it on storage every node mounts (docs/cluster.md)")
+        result = asdict(trial_mod.run(plan, bench, number)) | {"worker": worker}
+    except Exception as exc:  # noqa: BLE001 - the failure is recorded on the trial, the search goes on
+        attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
+        state, values = TrialState.FAIL, None
+        tune.report(metrics | {FAILED: attrs["fail_reason"]})
+    else:
+        attrs |= {k: v for k, v in result.items() if k != "values"}
+        state, values = TrialState.COMPLETE, result["values"]
+        tune.report(metrics | dict(zip(metrics, values)) | {RESULT: json.dumps(result)})
+    tracker = _tracker(tracking_attrs)
+    if tracker:
+        tracker.log_trial(FrozenTrial(
+            number=number, state=state, value=None, values=values, datetime_start=started,
+            datetime_complete=datetime.now(), params={}, distributions={}, user_attrs=attrs, system_attrs={},
+            intermediate_values={}, trial_id=-1,
+        ))
+
+
+def _trial_dirname(trial: tune.experiment.Trial) -> str:
+    return f"trial-{trial.config[NUMBER]:06d}-{trial.trial_id}"
+
+
+def preflight(config: SearchConfig) -> None:
+    """Refuse a cluster address nothing answers at, before anything is written (Ray itself would wait forever)."""
+    address = config.backend.address
+    if address is None:
+        return
+    if address == "auto":
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        address = os.environ.get("RAY_ADDRESS") or (current.read_text().strip() if current.exists() else "")
+        if not address:
+            raise UserError("--address auto: no Ray cluster is running on this node; start one with "
+                            "`ray start --head` (docs/cluster.md) or drop --address to run on a local Ray")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); --address takes auto or HOST:PORT "
+                        "of a running head node (`ray start --head`, docs/cluster.md)") from None
+
+
+def _check_resources(config: SearchConfig) -> None:
+    """Refuse a per-trial request no node of the cluster could ever meet (Tune would wait forever)."""
+    need = {"CPU": config.backend.cpus_per_trial, "GPU": config.backend.gpus_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for resource, amount in need.items():
+        largest = max((n.get(resource, 0.0) for n in nodes), default=0.0)
+        if amount > largest:
+            flag = f"--{resource.lower()}s-per-trial"
+            raise UserError(f"{flag} {amount:g}: no node of the Ray cluster has that many {resource}s "
+                            f"(the largest has {largest:g}); lower {flag} or add such a node")
+
+
+def _connect(config: SearchConfig) -> bool:
+    """Join the configured cluster or start a local Ray on loopback; True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    pythonpath = [*config.problem.pythonpath, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(pythonpath)}} if pythonpath else None
+    address = config.backend.address
+    local = {} if address else {"_node_ip_address": "127.0.0.1"}
+    try:
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, **local)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address!r} ({exc}); start one with `ray start --head` "
+                        "(docs/cluster.md) or drop --address to run on a local Ray") from None
+    return True
+
+
+def _warn_unreachable_tracking(uri: str | None) -> None:
+    """On a multi-node cluster, a file-based MLflow store on this node is out of the workers' reach."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if uri and len(nodes) > 1 and urllib.parse.urlparse(uri).scheme in ("", "file", "sqlite"):
+        log.warning(
+            "MLflow tracking URI %s is a local file but the Ray cluster has %d nodes: workers on other nodes cannot "
+            "reach it, so their trials get MLflow runs only at the final sync. Fix: run `mlflow server "
+            "--backend-store-uri postgresql://… --artifacts-destination <shared store>` and set tracking.uri to "
+            "http://<host>:5000 (docs/cluster.md).", uri, len(nodes))
+
+
+@contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the block, then restore it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+def _slots(config: SearchConfig) -> int:
+    """How many trials the cluster can run at once (at most ``max_concurrent``)."""
+    total = ray.cluster_resources()
+    need = {"CPU": config.backend.cpus_per_trial, "GPU": config.backend.gpus_per_trial}
+    fits = min(int(total.get(r, 0.0) // amount) for r, amount in need.items() if amount > 0)
+    return max(1, min(fits, config.backend.max_concurrent or fits))
+
+
+def _tuner(run_dir: RunDir, config: SearchConfig, trainable: Callable) -> tune.Tuner:
+    """Restore Tune's experiment in the run directory when there is one, else start a new one."""
+    experiment = run_dir.path / EXPERIMENT
+    if tune.Tuner.can_restore(str(experiment)):
+        log.info("restoring the Ray Tune experiment in %s", experiment)
+        return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    stale = mark_interrupted(run_dir.load_study())
+    if stale:
+        log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=StudySearcher(str(run_dir.path)), num_samples=-1,
+                                    max_concurrent_trials=config.backend.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.path), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def run(
+    run_dir: RunDir,
+    config: SearchConfig,
+    bench: trial_mod.Bench,
+    on_progress: Callable[[progress.Snapshot], None] | None = None,
+) -> None:
+    """Run the search to its budget on Ray (caller holds the run-dir lock)."""
+    run_dir = RunDir(run_dir.path.resolve())  # workers do not share our working directory
+    bench = replace(bench, run_dir=run_dir.path)
+    study = run_dir.load_study()
+    attrs = study.user_attrs
+    tracking_attrs = tracking.Tracker.attrs(attrs)
+    started = _connect(config)
+    try:
+        _check_resources(config)
+        _warn_unreachable_tracking(tracking_attrs and tracking_attrs["mlflow_uri"])
+        resources = {"cpu": config.backend.cpus_per_trial, "gpu": config.backend.gpus_per_trial}
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, bench=bench, tracking_attrs=tracking_attrs), resources)
+        tune_log = logging.getLogger("ray.tune")
+        level, _ = tune_log.level, tune_log.setLevel(logging.ERROR)  # not its "resume with Tuner.restore" hints
+        # With a searcher Tune keeps one trial pending; a reused actor then takes it before a second actor is up,
+        # and trials run one at a time. Let it keep one pending trial per slot.
+        try:
+            with _environ(PENDING, str(_slots(config))), reporting(run_dir, config.trials, on_progress):
+                _tuner(run_dir, config, trainable).fit()
+        finally:
+            tune_log.setLevel(level)
+    finally:
+        if started:
+            ray.shutdown()
+    # Tune returns normally on Ctrl-C; trials still running in the study tell us it stopped early.
+    if run_dir.load_study().get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        raise KeyboardInterrupt

@@ -1,0 +1,147 @@
+"""The Ray Tune backend on a local Ray (this machine's CPUs): same study, same views, MLflow runs from workers."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from automtl.backends import ray as ray_backend
+from automtl.config import load
+from automtl.errors import UserError
+from automtl.rundir import RunDir
+from tests.conftest import FIXTURES
+from tests.test_search import FAST, SMOKE, _completed
+from tests.test_search import cli as search_cli
+from tests.test_tracking import cli, study_runs
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TRIALS = 8
+RAY = ["--backend", "ray", "--cpus-per-trial", 1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same search on both backends, in one working directory (one MLflow store)."""
+    cwd = tmp_path_factory.mktemp("ray")
+    outputs = {}
+    for name, extra in {"ray": RAY, "local": []}.items():
+        result = cli(cwd, "search", SMOKE, "--trials", TRIALS, "--run-dir", f"runs/{name}", "--json", *FAST, *extra)
+        outputs[name] = json.loads(result.stdout)
+    return cwd, outputs
+
+
+def _schema(value):
+    """The shape of a JSON document: dict keys and element schemas, not values."""
+    if isinstance(value, dict):
+        # task names and strategy names are data, not schema
+        return {k: _schema(v) for k, v in value.items() if k not in ("thresholds",)}
+    if isinstance(value, list):
+        return [_schema(value[0])] if value and isinstance(value[0], dict) else "list"
+    return type(value).__name__ if value is not None else "null"
+
+
+def test_ray_search_spends_the_budget_with_the_local_result_schema(runs):
+    cwd, outputs = runs
+    ray_out, local_out = outputs["ray"], outputs["local"]
+    assert ray_out["status"]["counts"]["complete"] == TRIALS and ray_out["status"]["counts"]["failed"] == 0
+    assert _schema(ray_out) == _schema(local_out)
+    front = json.loads(cli(cwd, "pareto", "runs/ray", "--json").stdout)
+    assert front and front == ray_out["front"]
+    study = RunDir(cwd / "runs/ray").load_study()
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert (cwd / "runs/ray" / trial.user_attrs["weights"]).exists()
+        local_keys = set(RunDir(cwd / "runs/local").load_study().trials[0].user_attrs)
+        assert set(trial.user_attrs) == local_keys
+
+
+def test_ray_workers_create_the_mlflow_child_runs_under_the_parent(runs):
+    cwd, _ = runs
+    _, parents, children = study_runs(cwd, "smoke/ray")
+    assert len(parents) == 1 and sorted(children) == list(range(TRIALS))
+    for run in children.values():
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["state"] == "complete" and "accuracy.left" in run.data.metrics
+        host, _, pid = run.data.params["worker"].rpartition(":")  # logged by the worker process, not the driver
+        assert host and pid.isdigit()
+
+
+def test_views_and_export_work_unchanged_on_a_ray_run_dir(runs):
+    cwd, _ = runs
+    status = json.loads(cli(cwd, "status", "runs/ray", "--json").stdout)
+    assert status["counts"]["complete"] == TRIALS
+    cli(cwd, "report", "runs/ray")
+    assert (cwd / "runs/ray/dashboard.html").stat().st_size > 10_000
+    cli(cwd, "export", "runs/ray", "--pick", "knee", "-o", "exported")
+    card = json.loads((cwd / "exported/card.json").read_text())
+    assert card["trial"] in {row["trial"] for row in json.loads(cli(cwd, "pareto", "runs/ray", "--json").stdout)}
+
+
+def test_failing_trials_on_ray_are_recorded_with_their_reason(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{FIXTURES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    search_cli("search", SMOKE, "--trials", 9, "--run-dir", tmp_path / "flaky", "--json", *RAY,
+               "--set", "problem.name=flaky_problem:make", "--set", "problem.options={}", "--set", "dense.epochs=2",
+               "--set", "tracking.enabled=false", env=env)
+    study = RunDir(tmp_path / "flaky").load_study()
+    reasons = " ".join(t.user_attrs["fail_reason"] for t in study.trials if t.state == TrialState.FAIL)
+    assert "RuntimeError: injected failure" in reasons and "non-finite accuracy" in reasons
+    assert len(study.trials) == 9 and any(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_ctrl_c_then_resume_restores_the_tune_experiment_and_loses_nothing(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--run-dir", str(run_dir),
+            "--json", *FAST, *map(str, RAY), "--set", "fine_tune.epochs=6", "--set", "tracking.enabled=false"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while len(_completed(run_dir)) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "--backend ray" in stderr
+    before = _completed(run_dir)
+    assert 4 <= len(before) < 24
+    result = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "restoring the Ray Tune experiment" in result.stderr
+    after = _completed(run_dir)
+    assert len(after) == 24 and all(after[n] == v for n, v in before.items())
+    study = RunDir(run_dir).load_study()
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_an_unreachable_cluster_address_is_refused_before_anything_is_written(tmp_path):
+    result = cli(tmp_path, "search", SMOKE, "--run-dir", "runs/x", "--backend", "ray", "--address", "127.0.0.1:9",
+                 check=False)
+    assert result.returncode == 2 and "cannot reach the Ray cluster at '127.0.0.1:9'" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ray_only_options_need_the_ray_backend(tmp_path):
+    result = cli(tmp_path, "search", SMOKE, "--run-dir", "runs/x", "--gpus-per-trial", "0.25", check=False)
+    assert result.returncode == 2 and "apply to the ray backend only" in result.stderr
+
+
+def test_a_trial_request_no_node_can_meet_is_refused(monkeypatch):
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 2.0}}]
+    monkeypatch.setattr(ray_backend.ray, "nodes", lambda: nodes)
+    fits = load(SMOKE, ["backend.name=ray", "backend.gpus_per_trial=0.25", "backend.cpus_per_trial=4"])
+    ray_backend._check_resources(fits)
+    with pytest.raises(UserError, match=r"--gpus-per-trial 2: no node .*\(the largest has 1\)"):
+        ray_backend._check_resources(load(SMOKE, ["backend.name=ray", "backend.gpus_per_trial=2"]))
+
+
+def test_a_local_mlflow_store_on_a_multi_node_cluster_is_warned_about(monkeypatch, caplog):
+    nodes = [{"Alive": True, "Resources": {}}] * 2
+    monkeypatch.setattr(ray_backend.ray, "nodes", lambda: nodes)
+    with caplog.at_level(logging.WARNING):
+        ray_backend._warn_unreachable_tracking("sqlite:////data/mlflow.db")
+        ray_backend._warn_unreachable_tracking("http://head:5000")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "mlflow server" in warnings[0] and "postgresql" in warnings[0]
