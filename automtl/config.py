@@ -249,6 +249,9 @@ class SearchConfig(Strict):
     enqueue: list[PlanConfig] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
     backend: BackendConfig = BackendConfig()
+    # An Optuna RDB storage for the study (SQLAlchemy URL, e.g. postgresql://user@host/db); null = the run
+    # directory's journal file. Fixed when the study is created.
+    storage: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9+]*://")
     trials: PositiveInt = 60
     timeout: PositiveFloat | None = None
     workers: PositiveInt = 1

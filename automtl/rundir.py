@@ -5,6 +5,8 @@ Layout::
     RUN_DIR/
       config.yaml      the validated search space the study was created with
       study.journal    Optuna journal storage: every trial, its params, values and attributes
+      study.json       instead of the journal: {"storage": URL, "study_name": …} of a study kept in an
+                       Optuna RDB storage (config ``storage:``), e.g. PostgreSQL
       dense/           the trained dense checkpoint
       trials/          trial-NNNNNN.pt: pruned weights of each finished trial
       .lock            held by the process searching this directory
@@ -28,7 +30,16 @@ from automtl import config as config_mod
 from automtl.checkpoints import atomic_write_bytes
 from automtl.errors import UserError
 
-STUDY = "automtl"
+STUDY = "automtl"  # the study's name in the run directory's own journal
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage (SQLAlchemy URL); a clear error when it cannot be opened."""
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad URL: all mean "cannot open"
+        raise UserError(f"storage: cannot open the Optuna storage {url!r} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
 
 
 class RunDir:
@@ -43,16 +54,36 @@ class RunDir:
     def journal(self) -> Path:
         return self.path / "study.journal"
 
+    @property
+    def pointer(self) -> Path:
+        return self.path / "study.json"
+
     def exists(self) -> bool:
-        return self.journal.exists() and self.config_file.exists()
+        return (self.journal.exists() or self.pointer.exists()) and self.config_file.exists()
 
     def require(self) -> "RunDir":
         if not self.exists():
             raise UserError(f"{self.path} is not an automtl run directory (no study.journal / config.yaml in it)")
         return self
 
-    def storage(self) -> JournalStorage:
-        return JournalStorage(JournalFileBackend(str(self.journal)))
+    def location(self) -> tuple[str | None, str]:
+        """``(RDB storage URL, study name)``; the URL is None when the study is the run directory's journal."""
+        if self.pointer.exists():
+            where = json.loads(self.pointer.read_text())
+            return where["storage"], where["study_name"]
+        return None, STUDY
+
+    @property
+    def study_name(self) -> str:
+        return self.location()[1]
+
+    def storage(self) -> optuna.storages.BaseStorage:
+        url, _ = self.location()
+        return open_storage(url) if url else JournalStorage(JournalFileBackend(str(self.journal)))
+
+    def point_to(self, url: str, study_name: str) -> None:
+        """Record that this directory's study lives in the RDB storage ``url`` under ``study_name``."""
+        atomic_write_bytes(self.pointer, json.dumps({"storage": url, "study_name": study_name}).encode())
 
     def load_config(self) -> config_mod.SearchConfig:
         return config_mod.validate(config_mod.read_yaml(self.config_file.read_text()))
@@ -63,7 +94,7 @@ class RunDir:
 
     def load_study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
         self.require()
-        return optuna.load_study(study_name=STUDY, storage=self.storage(), sampler=sampler)
+        return optuna.load_study(study_name=self.study_name, storage=self.storage(), sampler=sampler)
 
     def repair_journal(self) -> int:
         """Cut a record left half-written (a crash or a full disk mid-append) off the end of the journal.
@@ -71,6 +102,8 @@ class RunDir:
         Optuna still reads such a journal, but a record appended after the fragment would be joined to it
         and lost. Call only while holding :meth:`exclusive`. Returns the number of bytes removed.
         """
+        if not self.journal.exists():
+            return 0
         with open(self.journal, "rb+") as fh:
             size = fh.seek(0, os.SEEK_END)
             end = size

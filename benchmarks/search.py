@@ -138,6 +138,9 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
     on_ray, wall_ray = search(root, "ray-ray", [f"trials={n}", "backend.name=ray", "backend.cpus_per_trial=1"], replay)
     ray_startup = time.perf_counter() - begun - wall_ray
     local_ms, ray_ms = _overhead_ms(local, wall_local, 2), _overhead_ms(on_ray, wall_ray, 2)
+    first = sorted(on_ray.trials, key=lambda t: t.number)[:2]
+    first_wait = statistics.mean((t.datetime_complete - t.datetime_start).total_seconds()
+                                 - t.user_attrs["compute_seconds"] for t in first)
     lines = [
         "## Ray Tune backend vs local backend (`benchmarks/search.py --parts ray`)", "",
         f"multidigits.yaml, {n} trials replayed from one default search (`enqueue`), so both backends do the same "
@@ -150,8 +153,9 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
         f"* Overhead per trial = (2 x wall - trial compute) / trials: Ray adds **{ray_ms - local_ms:.0f} ms** a "
         f"trial over the local backend (**{ray_ms / max(local_ms, 1e-9):.1f}x** its overhead); trial-loop wall "
         f"ratio ray / local = **{wall_ray / wall_local:.2f}x**. The Ray loop includes starting its two worker "
-        "processes (about 3.5 s each, once, while the first trials wait): spread over the trials that is about "
-        f"{7000 / n:.0f} ms of the difference; the rest is Tune's scheduling and result handling per trial.",
+        f"processes while the first two trials wait ({first_wait:.1f} s each, measured as those trials' time "
+        f"beyond their compute): spread over the trials that is {2000 * first_wait / n:.0f} ms of the "
+        "difference; the rest is Tune's scheduling and result handling per trial.",
         f"* Everything outside the trial loop (dense model, study, starting workers, final MLflow sync and "
         f"dashboard) takes **{ray_startup:.1f} s** on Ray vs **{local_startup:.1f} s** locally, once per search; "
         "the difference is mostly starting the local Ray and its worker processes.",

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -182,3 +183,24 @@ def test_one_worker_search_repeats_exactly_with_the_same_seed(tmp_path):
         study = RunDir(tmp_path / name).load_study()
         runs.append([(t.params, t.values) for t in study.trials])
     assert runs[0] == runs[1]
+
+
+def test_a_study_in_an_rdb_storage_works_like_the_journal(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    common = ["--json", *FAST, "--set", f"storage={storage}", "--set", "tracking.enabled=false"]
+    cli("search", SMOKE, "--trials", 3, "--workers", 2, "--run-dir", tmp_path / "a", *common)
+    cli("search", SMOKE, "--trials", 2, "--run-dir", tmp_path / "b", *common)  # a second study in the same database
+    cli("search", SMOKE, "--trials", 5, "--run-dir", tmp_path / "a", "--resume", *common)
+    assert not (tmp_path / "a" / "study.journal").exists()
+    assert json.loads(cli("status", tmp_path / "a", "--json").stdout)["counts"]["complete"] == 5
+    assert json.loads(cli("status", tmp_path / "b", "--json").stdout)["counts"]["complete"] == 2
+    assert json.loads(cli("pareto", tmp_path / "a", "--json").stdout)
+    names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert sorted(names.values()) == [2, 5]
+
+
+def test_an_unreachable_rdb_storage_is_refused_before_anything_is_written(tmp_path):
+    result = cli("search", SMOKE, "--run-dir", tmp_path / "run", "--set", "storage=postgresql://u@127.0.0.1:9/x",
+                 check=False)
+    assert result.returncode == 2 and "cannot open the Optuna storage" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from optuna.trial import TrialState
 from automtl import progress, space
 from automtl.config import SearchConfig
 from automtl.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted"
 
@@ -53,6 +56,13 @@ def mark_interrupted(study: optuna.Study, keep: set[int] = frozenset()) -> int:
         storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return len(stale)
+
+
+def recover(study: optuna.Study) -> None:
+    """Mark the trials an earlier (killed) process left running as interrupted, and say so."""
+    stale = mark_interrupted(study)
+    if stale:
+        log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
 
 
 def record_plan(trial: optuna.Trial, plan: space.TrialPlan, worker: Any) -> None:

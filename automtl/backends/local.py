@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 
 from automtl import progress, space, tracking
 from automtl import trial as trial_mod
-from automtl.backends.base import INTERRUPTED, budget_used, make_sampler, mark_interrupted, record_plan, record_result, reporting
+from automtl.backends.base import (INTERRUPTED, budget_used, make_sampler, mark_interrupted, record_plan,
+                                   record_result, recover, reporting)
 from automtl.config import SearchConfig
 from automtl.errors import is_disk_full
 from automtl.rundir import RunDir
@@ -121,9 +122,7 @@ def run(
     on_progress: Callable[[progress.Snapshot], None] | None = None,
 ) -> None:
     """Run the search to its budget with ``config.workers`` workers (caller holds the run-dir lock)."""
-    stale = mark_interrupted(run_dir.load_study())
-    if stale:
-        log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
+    recover(run_dir.load_study())
     deadline = time.time() + config.timeout if config.timeout else None
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     # Forked workers inherit the prepared bench (problem + dense model); spawned ones rebuild it.

@@ -46,10 +46,11 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from automtl import progress, space, tracking
 from automtl import trial as trial_mod
-from automtl.backends.base import budget_used, make_sampler, mark_interrupted, record_plan, record_result, reporting
+from automtl.backends.base import (budget_used, make_sampler, mark_interrupted, record_plan, record_result,
+                                   recover, reporting)
 from automtl.config import SearchConfig
 from automtl.errors import UserError
-from automtl.rundir import STUDY, RunDir
+from automtl.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class StudySearcher(OptunaSearch):
             metric=list(attrs["objectives"]),
             mode=[MODES[d] for d in attrs["directions"]],
             sampler=make_sampler(self._config, 0, salt=len(study.trials)),
-            study_name=STUDY,
+            study_name=self._run.study_name,
             storage=self._run.storage(),
         )
         self._deadline: float | None = None
@@ -273,9 +274,7 @@ def _tuner(run_dir: RunDir, config: SearchConfig, trainable: Callable) -> tune.T
     if tune.Tuner.can_restore(str(experiment)):
         log.info("restoring the Ray Tune experiment in %s", experiment)
         return tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
-    stale = mark_interrupted(run_dir.load_study())
-    if stale:
-        log.warning("marked %d trial(s) left running by an earlier process as failed (interrupted)", stale)
+    recover(run_dir.load_study())
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=StudySearcher(str(run_dir.path)), num_samples=-1,
