@@ -93,7 +93,8 @@ def test_failing_trials_on_ray_are_recorded_with_their_reason(tmp_path):
     assert len(study.trials) == 9 and any(t.state == TrialState.COMPLETE for t in study.trials)
 
 
-def test_ctrl_c_then_resume_restores_the_tune_experiment_and_loses_nothing(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_an_interrupted_ray_search_resumes_by_restoring_tune_and_loses_nothing(tmp_path, stop):
     run_dir = tmp_path / "interrupted"
     args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--run-dir", str(run_dir),
             "--json", *FAST, *map(str, RAY), "--set", "fine_tune.epochs=6", "--set", "tracking.enabled=false"]
@@ -101,10 +102,13 @@ def test_ctrl_c_then_resume_restores_the_tune_experiment_and_loses_nothing(tmp_p
     deadline = time.time() + 180
     while len(_completed(run_dir)) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "--resume" in stderr and "--backend ray" in stderr
+    if stop == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert "--resume" in stderr and "--backend ray" in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
     before = _completed(run_dir)
     assert 4 <= len(before) < 24
     result = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
@@ -114,6 +118,8 @@ def test_ctrl_c_then_resume_restores_the_tune_experiment_and_loses_nothing(tmp_p
     assert len(after) == 24 and all(after[n] == v for n, v in before.items())
     study = RunDir(run_dir).load_study()
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(study.trials) >= 24 and all(t.state != TrialState.FAIL or t.user_attrs["fail_reason"] == "interrupted"
+                                           for t in study.trials)
 
 
 def test_an_unreachable_cluster_address_is_refused_before_anything_is_written(tmp_path):
