@@ -19,7 +19,7 @@ from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
 from automtl.problems import get_problem
-from automtl.rundir import STUDY, RunDir, open_storage
+from automtl.rundir import RunDir, open_storage
 from automtl.train import TrainConfig, dense_model, evaluate
 from automtl.space import TrialPlan, encode
 from automtl.trial import Bench, objectives
@@ -132,17 +132,10 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_c
 def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], total_parameters: int) -> optuna.Study:
     """A new study in the run directory, with its objectives described and enqueued plans queued."""
     names = objectives(config, task_names)
-    uid = uuid.uuid4().hex[:12]
-    if config.storage:  # a shared database holds many studies: name this one uniquely
-        name, storage = f"{STUDY}-{config.name}-{uid}", open_storage(config.storage)
-    else:
-        name, storage = STUDY, run.storage()
-    study = optuna.create_study(study_name=name, storage=storage, directions=[d for _, d in names])
-    if config.storage:
-        run.point_to(config.storage, name)
+    study = run.create_study(config.storage, config.name, [d for _, d in names])
     study.set_metric_names([n for n, _ in names])
     attrs = {"objectives": [n for n, _ in names], "directions": [d for _, d in names],
-             "tasks": task_names, "total_parameters": total_parameters, "study_uid": uid}
+             "tasks": task_names, "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12]}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for plan in config.enqueue:

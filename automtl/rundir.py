@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -73,17 +74,17 @@ class RunDir:
             return where["storage"], where["study_name"]
         return None, STUDY
 
-    @property
-    def study_name(self) -> str:
-        return self.location()[1]
-
-    def storage(self) -> optuna.storages.BaseStorage:
-        url, _ = self.location()
+    def storage(self, url: str | None = None) -> optuna.storages.BaseStorage:
+        """The RDB storage at ``url``, else the run directory's journal."""
         return open_storage(url) if url else JournalStorage(JournalFileBackend(str(self.journal)))
 
-    def point_to(self, url: str, study_name: str) -> None:
-        """Record that this directory's study lives in the RDB storage ``url`` under ``study_name``."""
-        atomic_write_bytes(self.pointer, json.dumps({"storage": url, "study_name": study_name}).encode())
+    def create_study(self, url: str | None, label: str, directions: list[str]) -> optuna.Study:
+        """A new study: in the journal, or in the RDB storage ``url`` under a unique name this directory records."""
+        name = f"{STUDY}-{label}-{uuid.uuid4().hex[:12]}" if url else STUDY  # a database holds many studies
+        study = optuna.create_study(study_name=name, storage=self.storage(url), directions=directions)
+        if url:
+            atomic_write_bytes(self.pointer, json.dumps({"storage": url, "study_name": name}).encode())
+        return study
 
     def load_config(self) -> config_mod.SearchConfig:
         return config_mod.validate(config_mod.read_yaml(self.config_file.read_text()))
@@ -94,7 +95,8 @@ class RunDir:
 
     def load_study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
         self.require()
-        return optuna.load_study(study_name=self.study_name, storage=self.storage(), sampler=sampler)
+        url, name = self.location()
+        return optuna.load_study(study_name=name, storage=self.storage(url), sampler=sampler)
 
     def repair_journal(self) -> int:
         """Cut a record left half-written (a crash or a full disk mid-append) off the end of the journal.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -110,6 +110,10 @@ class TrialResult:
     @property
     def compute_seconds(self) -> float:
         return self.prune_seconds + self.fine_tune_seconds + self.eval_seconds
+
+    def as_dict(self) -> dict:
+        """Every field, plus ``compute_seconds`` (what is stored on the study's trial)."""
+        return asdict(self) | {"compute_seconds": self.compute_seconds}
 
 
 def weights_path(number: int) -> str:

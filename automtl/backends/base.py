@@ -73,12 +73,10 @@ def record_plan(trial: optuna.Trial, plan: space.TrialPlan, worker: Any) -> None
 
 
 def record_result(trial: optuna.Trial, result: Mapping[str, Any]) -> None:
-    """Store a :class:`~automtl.trial.TrialResult` (as a dict) on the trial, objective values aside."""
+    """Store :meth:`TrialResult.as_dict <automtl.trial.TrialResult.as_dict>` on the trial, objective values aside."""
     for key, value in result.items():
         if key != "values":
             trial.set_user_attr(key, value)
-    trial.set_user_attr("compute_seconds", result["prune_seconds"] + result["fine_tune_seconds"]
-                        + result["eval_seconds"])
 
 
 @contextmanager

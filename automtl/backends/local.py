@@ -19,7 +19,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -67,7 +66,7 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             log.warning("trial %d failed: %s", trial.number, reason)
             finished = study.tell(trial, state=TrialState.FAIL)
         else:
-            record_result(trial, asdict(result))
+            record_result(trial, result.as_dict())
             finished = study.tell(trial, result.values)
         if tracker:
             tracker.log_trial(finished)

@@ -29,14 +29,15 @@ import socket
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import optuna
 
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing; ours shows progress
+# With verbose=0 Tune's legacy reporter prints nothing (the new one still prints tables); ours shows progress.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -82,13 +83,14 @@ class StudySearcher(OptunaSearch):
         self._config = self._run.load_config()
         study = self._run.load_study()
         attrs = study.user_attrs
+        url, name = self._run.location()
         super().__init__(
             space=lambda trial: _define(trial, self._config, attrs["tasks"]),
             metric=list(attrs["objectives"]),
             mode=[MODES[d] for d in attrs["directions"]],
             sampler=make_sampler(self._config, 0, salt=len(study.trials)),
-            study_name=self._run.study_name,
-            storage=self._run.storage(),
+            study_name=name,
+            storage=self._run.storage(url),
         )
         self._deadline: float | None = None
 
@@ -165,7 +167,7 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
         if not bench.run_dir.is_dir():
             raise trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
                                         "put it on storage every node mounts (docs/cluster.md)")
-        result = asdict(trial_mod.run(plan, bench, number)) | {"worker": worker}
+        result = trial_mod.run(plan, bench, number).as_dict() | {"worker": worker}
     except Exception as exc:  # noqa: BLE001 - the failure is recorded on the trial, the search goes on
         attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
         state, values = TrialState.FAIL, None
