@@ -18,11 +18,12 @@ from automtl import pareto, progress, report, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
-from automtl.problems import get_problem
+from automtl.problems import Problem, get_problem
+from automtl.pruning import PruneContext
 from automtl.rundir import RunDir, open_storage
 from automtl.train import TrainConfig, dense_model, evaluate
 from automtl.space import TrialPlan, encode
-from automtl.trial import Bench, objectives
+from automtl.trial import Bench, objective_scales, objectives
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -129,13 +130,31 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_c
     return config
 
 
-def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], total_parameters: int) -> optuna.Study:
+def _check_model(config: SearchConfig, problem: Problem) -> tuple[int, list[float]]:
+    """Build the model and refuse, before anything is written, one that cannot be built, run or pruned
+    by the configured strategies. Returns its parameter count and the objectives' scales."""
+    spec = problem.default_model.override(**config.model.overrides())
+    try:
+        model = problem.build_model(spec)
+        ctx = PruneContext.create(model, problem, calibration_size=8)
+    except UserError:
+        raise
+    except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
+        raise UserError(f"model: cannot build and run {spec.as_dict()} on problem {problem.name!r} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    ctx.require(model, list(config.pruning.strategies))
+    return sum(p.numel() for p in model.parameters()), objective_scales(config, model, problem)
+
+
+def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], total_parameters: int,
+                  scales: list[float]) -> optuna.Study:
     """A new study in the run directory, with its objectives described and enqueued plans queued."""
     names = objectives(config, task_names)
     study = run.create_study(config.storage, config.name, [d for _, d in names])
     study.set_metric_names([n for n, _ in names])
     attrs = {"objectives": [n for n, _ in names], "directions": [d for _, d in names],
-             "tasks": task_names, "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12]}
+             "tasks": task_names, "total_parameters": total_parameters, "scales": scales,
+             "study_uid": uuid.uuid4().hex[:12]}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for plan in config.enqueue:
@@ -179,12 +198,7 @@ def search(
     config = _prepare_run_dir(config, run, resume, explicit_config=True)
     problem = config.problem.build(config.seed)
     config.check(problem.task_names)
-    spec = problem.default_model.override(**config.model.overrides())
-    try:  # refuse a model that cannot be built (e.g. absurd widths) before anything is written
-        total_parameters = sum(p.numel() for p in problem.build_model(spec).parameters())
-    except (RuntimeError, MemoryError, ValueError) as exc:
-        raise UserError(f"model: cannot build {spec.as_dict()} for problem {problem.name!r} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    total_parameters, scales = _check_model(config, problem)
     backend = get_backend(config.backend.name)
     backend.preflight(config)
     if config.storage and not resume:
@@ -197,7 +211,7 @@ def search(
                             "disk); removed it, every finished trial before it is kept", cut)
             study = run.load_study()
         else:
-            study = _create_study(run, config, problem.task_names, total_parameters)
+            study = _create_study(run, config, problem.task_names, total_parameters, scales)
         run.write_config(config)
         tracker = tracking.start(study, config, run.path)
         bench = Bench.prepare(config, run.path, problem)

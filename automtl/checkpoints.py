@@ -45,12 +45,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def digest(state: Mapping[str, Tensor], meta: str) -> str:
-    """sha256 over the tensors (name, dtype, shape, bytes, in name order) and the meta string."""
+    """sha256 over the tensors (name, dtype, shape, bytes, in name order) and the meta string.
+
+    Each tensor's bytes are read flattened, so 0-d tensors (e.g. BatchNorm's
+    ``num_batches_tracked``) hash too; for the others the bytes are the same as unflattened.
+    """
     h = hashlib.sha256(meta.encode())
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()
 
 

@@ -83,7 +83,8 @@ def cmd_strategies(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    model = {k: v for k, v in {"arch": args.arch, "hidden": args.hidden, "channels": args.channels}.items() if v is not None}
+    given = {"arch": args.arch, "hidden": args.hidden, "channels": args.channels, "depth": args.depth}
+    model = {k: v for k, v in given.items() if v is not None}
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
@@ -304,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("problem", help="a built-in problem name or 'package.module:function'")
     p.add_argument("-o", "--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="problem option, e.g. off=3 (repeatable)")
-    p.add_argument("--arch", help="trunk architecture: mlp or cnn (default: the problem's)")
+    p.add_argument("--arch", help="trunk architecture: mlp, cnn or resnet (default: the problem's)")
     p.add_argument("--hidden", type=_widths, help="fully connected widths, e.g. 256,128")
-    p.add_argument("--channels", type=_widths, help="convolution widths (cnn), e.g. 16,32")
+    p.add_argument("--channels", type=_widths, help="convolution widths (cnn, resnet), e.g. 16,32")
+    p.add_argument("--depth", type=int, help="residual blocks per stage (resnet)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)

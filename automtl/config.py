@@ -46,7 +46,7 @@ def read_yaml(text: str):
 
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
-OBJECTIVES = ("sparsity", "accuracy", "parameters")
+OBJECTIVES = ("sparsity", "accuracy", "parameters", "flops", "latency_ms")
 RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend")
 
 
@@ -91,6 +91,7 @@ class ModelConfig(Strict):
     arch: str | None = None
     hidden: list[PositiveInt] | None = None
     channels: list[PositiveInt] | None = None
+    depth: PositiveInt | None = None
 
     @field_validator("arch")
     @classmethod
@@ -201,6 +202,14 @@ class PlanConfig(Strict):
     distillation: float = 0.0
 
 
+class LatencyConfig(Strict):
+    """How the ``latency_ms`` objective is timed: median CPU time of ``rounds`` forward passes on
+    ``batch_size`` validation inputs, on the trial's model with its unused units removed."""
+
+    batch_size: PositiveInt = 256
+    rounds: PositiveInt = 10
+
+
 class TrackingConfig(Strict):
     """MLflow: ``uri`` null = MLFLOW_TRACKING_URI or MLflow's default (sqlite:///mlflow.db here);
     ``experiment`` null = ``<name>/<run dir name>`` (one experiment per study)."""
@@ -245,6 +254,7 @@ class SearchConfig(Strict):
     loss_weights: LossWeightsConfig = LossWeightsConfig()
     distillation: DistillationConfig = DistillationConfig()
     objectives: list[Literal[OBJECTIVES]] = ["sparsity", "accuracy"]
+    latency: LatencyConfig = LatencyConfig()
     sampler: SamplerConfig = SamplerConfig()
     enqueue: list[PlanConfig] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
@@ -281,7 +291,8 @@ class SearchConfig(Strict):
     @classmethod
     def _objectives(cls, value: list[str]) -> list[str]:
         if "sparsity" not in value or "accuracy" not in value or len(set(value)) != len(value):
-            raise ValueError(f"must contain 'sparsity' and 'accuracy' once each (optionally 'parameters'), got {value}")
+            raise ValueError(f"must contain 'sparsity' and 'accuracy' once each (optionally any of "
+                             f"{[o for o in OBJECTIVES if o not in ('sparsity', 'accuracy')]}), got {value}")
         return value
 
     def check(self, task_names: list[str]) -> None:

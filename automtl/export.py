@@ -17,28 +17,27 @@ at the end, so a failed export leaves nothing half-written.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 import torch
-import torch_pruning as tp
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from automtl import checkpoints, pareto, tracking
 from automtl.errors import UserError
+from automtl.measure import flops, latencies_ms, parameters
 from automtl.models import task_outputs
 from automtl.problems import Problem, Split
-from automtl.pruning.layers import discover
+from automtl.pruning.shrink import ShrinkReport, compare, outputs, shrink
 from automtl.rundir import RunDir
 from automtl.train import evaluate
 
@@ -48,6 +47,8 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 PICKS = ("knee", "sparsest")  # and best-<task>
 ONNX_TOLERANCE = 1e-5
 LATENCY_BATCH = 2048  # large enough that a tiny network's timing is not noise
+CHECK_SAMPLES = 256  # validation inputs on which each group's removal is checked
+METRIC_TOLERANCE = 1e-3  # 0.1 point: exported vs trial test metrics
 
 
 def choose(study: optuna.Study, trial: int | None, pick: str | None, constraints: list[str]) -> FrozenTrial:
@@ -84,69 +85,23 @@ def load_trial_model(run: RunDir, trial: FrozenTrial) -> tuple[nn.Module, Proble
     return model.eval(), problem
 
 
-def _silent(layer) -> torch.Tensor:
-    """Bool per unit: its output is exactly zero whatever the input (no incoming weight, and
-    activation(bias) == 0)."""
-    module = layer.module
-    rows_empty = module.weight.detach().flatten(1).eq(0).all(dim=1)
-    bias = module.bias.detach() if module.bias is not None else torch.zeros(module.weight.shape[0])
-    constant = layer.activation(bias.view(1, -1)).view(-1) if layer.activation is not None else bias
-    return rows_empty & constant.eq(0)
-
-
-def _unheard(graph: tp.DependencyGraph, layer, prune_fn) -> torch.Tensor:
-    """Bool per unit: every weight that reads it downstream is zero, so nothing hears it."""
-    unheard = torch.zeros(layer.units, dtype=torch.bool)
-    for unit in range(layer.units):
-        consumers = [(dep.target.module, idxs) for dep, idxs in graph.get_pruning_group(layer.module, prune_fn, idxs=[unit])
-                     if getattr(dep.handler, "__name__", "") == "prune_in_channels"]
-        unheard[unit] = bool(consumers) and all(
-            isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.detach()[:, list(idxs)].eq(0).all()
-            for m, idxs in consumers)
-    return unheard
-
-
-def shrink(model: nn.Module, problem: Problem) -> int:
-    """Physically remove (in place) every hidden unit that is silent or unheard; returns how many.
-
-    Both removals leave the outputs exactly as they were; units that output a constant
-    to listening layers are kept.
-    """
-    sample = problem.val.inputs[:2]
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=sample)
-    removed = 0
-    for layer in discover(model, sample, problem.task_names):
-        if layer.is_output:
-            continue
-        prune_fn = tp.prune_linear_out_channels if isinstance(layer.module, nn.Linear) else tp.prune_conv_out_channels
-        dead = torch.nonzero(_silent(layer) | _unheard(graph, layer, prune_fn)).flatten().tolist()
-        if not dead or len(dead) >= layer.units:
-            continue
-        group = graph.get_pruning_group(layer.module, prune_fn, idxs=dead)
-        if graph.check_pruning_group(group):
-            group.prune()
-            removed += len(dead)
-    return removed
-
-
-def parameters(model: nn.Module) -> tuple[int, int]:
-    """(parameters, non-zero parameters)."""
-    values = [p.detach() for p in model.parameters()]
-    return sum(v.numel() for v in values), sum(int(v.ne(0).sum()) for v in values)
-
-
-def latencies_ms(runs: dict, rounds: int = 100) -> dict[str, float]:
-    """Median wall time in ms of each ``runs[name]()``, measured round-robin (one call of each per
-    round, after 5 warm-up rounds, no autograd) so that drift of the machine hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.no_grad():
-        for round_ in range(rounds + 5):
-            for name, run_batch in runs.items():
-                start = time.perf_counter()
-                run_batch()
-                if round_ >= 5:
-                    times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+def shrink_exactly(model: nn.Module, problem: Problem) -> tuple[ShrinkReport, float]:
+    """Shrink ``model`` in place, then prove it is still the trial's model on the whole test split:
+    outputs within ``1e-4 + 1e-4 * |value|`` and every task metric within 0.1 point; refuse otherwise.
+    Returns what was removed and the largest output difference."""
+    masked = copy.deepcopy(model)
+    report = shrink(model, problem.val.inputs[:CHECK_SAMPLES], problem.task_names)
+    expected = outputs(masked, problem.test.inputs, problem.task_names)
+    got = outputs(model, problem.test.inputs, problem.task_names)
+    worst, differing = compare(got, expected)
+    metrics = {t.name: (t.metric(got[t.name], problem.test.targets[t.name]),
+                        t.metric(expected[t.name], problem.test.targets[t.name])) for t in problem.tasks}
+    moved = {name: pair for name, pair in metrics.items() if abs(pair[0] - pair[1]) > METRIC_TOLERANCE}
+    if differing or moved:
+        raise UserError(f"export refused: removing the unused units of {sorted(report.removed) or 'no layer'} "
+                        f"changes the model on the test split (outputs of {differing} differ by up to {worst:.2e}; "
+                        f"metrics {moved}); nothing was written")
+    return report, worst
 
 
 def _onnx_session(path: Path):
@@ -182,9 +137,13 @@ def write_onnx(model: nn.Module, problem: Problem, path: Path) -> dict:
     ``1e-5 + 1e-5 * |pytorch|`` (numpy's allclose). Returns the largest absolute difference and the rule."""
     wrapped = _Outputs(model, problem.task_names).eval()
     sample = problem.test.inputs[:64]
-    torch.onnx.export(wrapped, (sample,), str(path), input_names=["input"], output_names=problem.task_names,
-                      dynamic_axes={"input": {0: "batch"}, **{t: {0: "batch"} for t in problem.task_names}},
-                      dynamo=False)
+    try:
+        torch.onnx.export(wrapped, (sample,), str(path), input_names=["input"], output_names=problem.task_names,
+                          dynamic_axes={"input": {0: "batch"}, **{t: {0: "batch"} for t in problem.task_names}},
+                          dynamo=False)
+    except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
+        raise UserError(f"ONNX cannot express this model ({str(exc).splitlines()[0][:200]}); export it without "
+                        "ONNX: --format torchscript,safetensors") from None
     with torch.no_grad():
         expected = [o.numpy() for o in wrapped(sample)]
     got = _onnx_session(path).run(problem.task_names, {"input": sample.numpy()})
@@ -226,9 +185,9 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
     dense_params, _ = parameters(dense)
     pruned_params, pruned_nonzero = parameters(model)
     sample_batch = problem.test.inputs[torch.arange(LATENCY_BATCH) % len(problem.test)]
-    dense_flops, _ = tp.utils.count_ops_and_params(dense, problem.test.inputs[:1])
-    removed_units = shrink(model, problem)
-    flops, _ = tp.utils.count_ops_and_params(model, problem.test.inputs[:1])
+    dense_flops = flops(dense, problem.test.inputs)
+    shrunk, shrunk_diff = shrink_exactly(model, problem)
+    exported_flops = flops(model, problem.test.inputs)
     params_after, nonzero_after = parameters(model)
     accuracy = evaluate(model, problem, problem.test)
 
@@ -252,7 +211,9 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
             "sparsity": chosen.user_attrs["sparsity"], "compression_ratio": chosen.user_attrs["compression_ratio"],
             "parameters": {"dense": dense_params, "pruned": pruned_params, "pruned_nonzero": pruned_nonzero,
                            "exported": params_after, "exported_nonzero": nonzero_after},
-            "removed_units": removed_units, "flops": {"dense": int(dense_flops), "exported": int(flops)},
+            "removed_units": shrunk.removed_units, "removed_by_group": shrunk.removed,
+            "kept_whole": shrunk.kept_whole, "shrunk_vs_trial_max_abs_diff": shrunk_diff,
+            "flops": {"dense": dense_flops, "exported": exported_flops},
             "test_accuracy": {"search": chosen.user_attrs["test_accuracy"], "exported_pytorch": accuracy},
             "latency_batch": LATENCY_BATCH,
         }

@@ -5,7 +5,10 @@ trials). Hypervolume is computed by ``moocore`` on objectives normalised to
 [0, 1] and oriented so that larger is better:
 
 * sparsity and every accuracy as they are (they are fractions);
-* ``nonzero_parameters`` as ``1 - nonzero / total parameters``.
+* a minimised cost (``nonzero_parameters``, ``flops``, ``latency_ms``) as
+  ``1 - value / scale``, clipped to [0, 1], where the scale is the dense
+  model's value (its parameter count, FLOPs, latency), stored on the study as
+  ``scales`` when it is created.
 
 The **reference point is the origin** (0 sparsity, 0 accuracy, all parameters
 kept), so the hypervolume is in [0, 1] and comparable across studies of the
@@ -38,20 +41,20 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.number) if completed(study) else []
 
 
-def normalised(trials: list[FrozenTrial], directions: list[str], total_parameters: int) -> np.ndarray:
+def normalised(trials: list[FrozenTrial], directions: list[str], scales: list[float]) -> np.ndarray:
     """Objective values mapped to [0, 1], larger is better (see the module docstring)."""
     values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(directions))
     for j, direction in enumerate(directions):
         if direction == MINIMIZE:
-            values[:, j] = 1.0 - values[:, j] / max(1, total_parameters)
+            values[:, j] = np.clip(1.0 - values[:, j] / max(scales[j], 1e-12), 0.0, 1.0)
     return values
 
 
-def hypervolume(trials: list[FrozenTrial], directions: list[str], total_parameters: int) -> float:
+def hypervolume(trials: list[FrozenTrial], directions: list[str], scales: list[float]) -> float:
     """Hypervolume of ``trials`` w.r.t. the origin of the normalised space."""
     if not trials:
         return 0.0
-    points = normalised(trials, directions, total_parameters)
+    points = normalised(trials, directions, scales)
     return float(moocore.hypervolume(points, ref=np.zeros(points.shape[1]), maximise=True))
 
 
@@ -74,8 +77,11 @@ def describe(trial: FrozenTrial) -> dict:
     }
 
 
-def directions_of(study: optuna.Study) -> tuple[list[str], int]:
-    return study.user_attrs.get("directions", []), study.user_attrs.get("total_parameters", 1)
+def directions_of(study: optuna.Study) -> tuple[list[str], list[float]]:
+    """The study's objective directions and normalisation scales (older studies: the parameter count)."""
+    attrs = study.user_attrs
+    directions = attrs.get("directions", [])
+    return directions, attrs.get("scales") or [attrs.get("total_parameters", 1)] * len(directions)
 
 
 def ranks(study: optuna.Study, trials: list[FrozenTrial]) -> np.ndarray:
@@ -87,13 +93,13 @@ def ranks(study: optuna.Study, trials: list[FrozenTrial]) -> np.ndarray:
 
 def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
     """``(trial number, hypervolume of the completed trials numbered up to it)``."""
-    directions, total = directions_of(study)
+    directions, scales = directions_of(study)
     history, seen = [], []
     for trial in sorted(completed(study), key=lambda t: t.number):
         seen.append(trial)
-        points = normalised(seen, directions, total)
+        points = normalised(seen, directions, scales)
         seen = [t for t, keep in zip(seen, moocore.is_nondominated(points, maximise=True)) if keep]
-        history.append((trial.number, hypervolume(seen, directions, total)))
+        history.append((trial.number, hypervolume(seen, directions, scales)))
     return history
 
 

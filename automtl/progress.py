@@ -52,7 +52,6 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         elapsed = (max(ends) - min(starts)) if ends and starts else 0.0
     else:
         elapsed = time.time() - started
-    attrs = study.user_attrs
     complete = pareto.completed(study)
     front = pareto.front(study)
     finished_now = counts["complete"] + counts["failed"]
@@ -66,7 +65,7 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         counts=counts,
         budget=budget,
         front_size=len(front),
-        hypervolume=pareto.hypervolume(front, attrs.get("directions", []), attrs.get("total_parameters", 1)) if complete else 0.0,
+        hypervolume=pareto.hypervolume(front, *pareto.directions_of(study)) if complete else 0.0,
         compute_seconds=compute,
         elapsed_seconds=elapsed,
         eta_seconds=eta,

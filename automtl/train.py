@@ -4,7 +4,9 @@
 ``torch.nn.utils.prune`` are re-applied on every forward pass, so weights a
 strategy removed stay exactly zero while the network fine-tunes. With a
 ``teacher``, each task's loss blends in knowledge distillation from the
-teacher's logits.
+teacher's logits. Models with BatchNorm have their running statistics
+recalibrated (:func:`recalibrate_batchnorm`) whenever masks or fine-tuning
+changed the weights they were estimated for.
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ def fit(
         history.append({name: total / batches for name, total in sums.items()})
         weighting.after_epoch(history[-1])
     return history
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, split: Split, batch_size: int = 128) -> None:
+    """Recompute every BatchNorm's running statistics over ``split`` for the weights as they are now
+    (``torch.optim.swa_utils.update_bn``: a cumulative average, no parameter changes). No-op without BatchNorm."""
+    torch.optim.swa_utils.update_bn(split.batches(batch_size), model)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Run one :class:`~automtl.space.TrialPlan` end to end.
 
 prune (strategies in order, masks compose) -> fine-tune with the plan's task
-weighting, masks held, optionally distilling from the dense model -> evaluate
+weighting, masks held, optionally distilling from the dense model ->
+recalibrate BatchNorm statistics for the final weights -> evaluate
 on validation (the objectives) and test (for the record) -> save the pruned
 weights compactly so the trial can be exported without re-running.
 """
@@ -21,12 +22,16 @@ from automtl import checkpoints
 from automtl.config import SearchConfig
 from automtl.models import ModelSpec
 from automtl.problems import Problem
+from automtl.measure import cpu_latency_ms, flops
 from automtl.pruning import PruneContext, apply, make_permanent
+from automtl.pruning.shrink import shrink
 from automtl.space import TrialPlan
-from automtl.train import Distillation, TrainConfig, dense_model, evaluate, fit
+from automtl.train import Distillation, TrainConfig, dense_model, evaluate, fit, recalibrate_batchnorm
 from automtl.weighting import make_weighting
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
+STRUCTURAL = ("flops", "latency_ms")  # measured on the shrunk model (automtl.pruning.shrink)
+SHRINK_CHECK_SAMPLES = 256
 
 
 class TrialFailed(Exception):
@@ -41,9 +46,39 @@ def objectives(config: SearchConfig, task_names: list[str]) -> list[tuple[str, s
             names += [(f"accuracy.{t}", MAXIMIZE) for t in task_names]
         elif objective == "parameters":
             names.append(("nonzero_parameters", MINIMIZE))
+        elif objective in STRUCTURAL:
+            names.append((objective, MINIMIZE))
         else:
             names.append((objective, MAXIMIZE))
     return names
+
+
+def costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str, float]:
+    """The structural objectives the config asks for (``flops``, ``latency_ms``) of ``model`` as it is,
+    on the CPU (latency: median of ``latency.rounds`` forward passes of ``latency.batch_size`` inputs)."""
+    measured = {}
+    inputs = problem.val.inputs.cpu()
+    if "flops" in config.objectives:
+        measured["flops"] = float(flops(model, inputs))
+    if "latency_ms" in config.objectives:
+        measured["latency_ms"] = cpu_latency_ms(model, inputs, config.latency.batch_size, config.latency.rounds)
+    return measured
+
+
+def shrunk_costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str, float]:
+    """:func:`costs` of a CPU copy of ``model`` with its unused units physically removed (as export would)."""
+    if not set(STRUCTURAL) & set(config.objectives):
+        return {}
+    shrunk = copy.deepcopy(model).cpu()
+    shrink(shrunk, problem.val.inputs[:SHRINK_CHECK_SAMPLES].cpu(), problem.task_names)
+    return costs(shrunk, problem, config)
+
+
+def objective_scales(config: SearchConfig, dense: nn.Module, problem: Problem) -> list[float]:
+    """Per objective, the dense model's value of a minimised cost (1 for the maximised fractions):
+    how :mod:`automtl.pareto` normalises them."""
+    dense_costs = costs(dense, problem, config) | {"nonzero_parameters": sum(p.numel() for p in dense.parameters())}
+    return [float(dense_costs.get(name, 1.0)) for name, _ in objectives(config, problem.task_names)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,6 +137,7 @@ class TrialResult:
     accuracy: dict[str, float]
     test_accuracy: dict[str, float]
     final_loss_weights: dict[str, float]
+    structure: dict[str, float]  # flops / latency_ms of the shrunk model, when they are objectives
     prune_seconds: float
     fine_tune_seconds: float
     eval_seconds: float
@@ -145,14 +181,16 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
         raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
 
     make_permanent(model)
+    recalibrate_batchnorm(model, ctx.calibration, config.fine_tune.batch_size)
     report = apply(model, [], ctx)  # accounting after fine-tuning (masks held, so unchanged)
     accuracy = evaluate(model, problem, problem.val)
     test_accuracy = evaluate(model, problem, problem.test)
+    structure = shrunk_costs(model, problem, config)
     evaluated = time.perf_counter()
     if any(not math.isfinite(v) for v in (*accuracy.values(), *test_accuracy.values())):
         raise TrialFailed(f"non-finite accuracy {accuracy}")
 
-    measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters}
+    measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters, **structure}
     measures |= {f"accuracy.{t}": a for t, a in accuracy.items()}
     values = [float(measures[name]) for name, _ in objectives(config, problem.task_names)]
     relative = weights_path(number)
@@ -167,6 +205,7 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
         accuracy=accuracy,
         test_accuracy=test_accuracy,
         final_loss_weights=weighting.current(),
+        structure=structure,
         prune_seconds=pruned - start,
         fine_tune_seconds=tuned - pruned,
         eval_seconds=evaluated - tuned,

@@ -62,7 +62,7 @@ def hv_after(study, n: int) -> float:
     """Hypervolume of the front of the first ``n`` trials (by number)."""
     trials = [t for t in study.trials if t.state == TrialState.COMPLETE and t.number < n]
     front = [t for t in trials if not any(_dominates(o.values, t.values) for o in trials)]
-    return pareto.hypervolume(front, study.user_attrs["directions"], study.user_attrs["total_parameters"])
+    return pareto.hypervolume(front, *pareto.directions_of(study))
 
 
 def _dominates(a, b) -> bool:

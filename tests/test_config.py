@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from automtl import UserError
@@ -46,7 +48,8 @@ def test_set_overrides_any_field(tmp_path):
         (BASE + "loss_weights: {method: [simplex, magic]}", "loss_weights.method", "'uncertainty'"),
         (BASE + "distillation: {weight: 1.5}", "distillation.weight", "within [0, 1]"),
         (BASE + "objectives: [accuracy]", "objectives", "must contain 'sparsity'"),
-        (BASE + "model: {arch: transformer}", "model.arch", "allowed: ['cnn', 'mlp']"),
+        (BASE + "model: {arch: transformer}", "model.arch", "allowed: ['cnn', 'mlp', 'resnet']"),
+        (BASE + "model: {arch: resnet, depth: 0}", "model.depth", "greater than 0"),
         (BASE + "pruning: {strategies: {magnitude: null}, min_strategies: 3}", "pruning", "exceeds"),
         ("- just\n- a list", "", "must be a YAML mapping"),
     ],
@@ -56,6 +59,15 @@ def test_invalid_fields_are_named_with_what_is_allowed(tmp_path, text, field, al
         load_text(tmp_path, text)
     message = str(info.value)
     assert field in message and allowed in message, message
+
+
+SEARCH_SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SEARCH_SPACES, ids=lambda p: p.name)
+def test_shipped_search_spaces_are_valid(path):
+    config = config_mod.load(path)
+    assert config.name == path.stem
 
 
 def test_missing_and_malformed_files(tmp_path):

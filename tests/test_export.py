@@ -113,7 +113,7 @@ def test_bad_exports_exit_2_and_leave_nothing_behind(searched, tmp_path):
 
 def test_shrink_removes_silent_and_unheard_units_exactly(small_digits):
     from automtl import ModelSpec
-    from automtl.export import shrink
+    from automtl.pruning.shrink import shrink
 
     torch.manual_seed(0)
     model = small_digits.build_model(ModelSpec("mlp", (16, 8))).eval()
@@ -127,9 +127,121 @@ def test_shrink_removes_silent_and_unheard_units_exactly(small_digits):
     x = small_digits.val.inputs[:64]
     with torch.no_grad():
         before = model(x)
-    assert shrink(model, small_digits) == 2
+    report = shrink(model, x, small_digits.task_names)
+    assert report.removed == {"trunk.1": 2} and not report.kept_whole
     assert model.trunk[1].out_features == 14 and model.trunk[3].in_features == 14
     with torch.no_grad():
         after = model(x)
     for task in before:
         torch.testing.assert_close(after[task], before[task])
+
+
+ZOO_SPACE = """
+name: zoo
+seed: 0
+problem: {{name: "zoo:resnet_digits", pythonpath: ["{fixtures}"], options: {{train_pairs: 1500, eval_pairs: 300}}}}
+dense: {{epochs: 3}}
+fine_tune: {{epochs: 1}}
+pruning:
+  strategies:
+    magnitude: {{low: 0.0, high: 0.3}}
+    activation: {{low: 0.0, high: 0.8}}
+    stability: {{low: 0.0, high: 0.6}}
+    entropy: null
+  calibration_size: 256
+loss_weights: {{method: simplex}}
+objectives: [sparsity, accuracy, flops, latency_ms]
+latency: {{batch_size: 64, rounds: 3}}
+sampler: {{name: tpe, startup_trials: 4}}
+tracking: {{enabled: false}}
+trials: 8
+enqueue:
+  - {{order: [activation, magnitude], thresholds: {{activation: 0.5, magnitude: 0.1}}, loss_weights: {{left: 0.5, right: 0.5}}}}
+  - {{order: [stability], thresholds: {{stability: 0.4}}, loss_weights: {{left: 0.5, right: 0.5}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def resnet_search(tmp_path_factory):
+    """A smoke search on the user ResNet (BatchNorm, residual add, F.relu, dict heads)."""
+    from tests.test_search import ROOT
+
+    cwd = tmp_path_factory.mktemp("resnet")
+    space = cwd / "zoo.yaml"
+    space.write_text(ZOO_SPACE.format(fixtures=ROOT / "tests" / "fixtures"))
+    cli(cwd, "search", space, "--run-dir", "runs/zoo", "--json")
+    return cwd / "runs" / "zoo"
+
+
+def test_every_pareto_trial_of_a_resnet_search_exports_as_exactly_the_trial_model(resnet_search, tmp_path):
+    from automtl import pareto
+    from automtl.export import export, load_trial_model
+
+    run = RunDir(resnet_search)
+    study = run.load_study()
+    assert study.user_attrs["objectives"][-2:] == ["flops", "latency_ms"]
+    dense_flops = study.user_attrs["scales"][-2]
+    front = pareto.front(study)
+    assert front and any(t.user_attrs["empty_units"] > 0 for t in front)
+    for trial in front:
+        card = export(resnet_search, tmp_path / f"t{trial.number}", trial=trial.number, formats=["onnx"]).card
+        model, problem = load_trial_model(run, trial)
+        with torch.no_grad():
+            expected = model(problem.test.inputs)
+        session = ort.InferenceSession(str(tmp_path / f"t{trial.number}" / "model.onnx"), providers=["CPUExecutionProvider"])
+        got = session.run(problem.task_names, {"input": problem.test.inputs.numpy()})
+        for task, values in zip(problem.task_names, got):
+            np.testing.assert_allclose(values, expected[task].numpy(), rtol=1e-4, atol=1e-4)
+            assert card["test_accuracy"]["exported_pytorch"][task] == pytest.approx(
+                trial.user_attrs["test_accuracy"][task], abs=1e-3)
+        assert card["removed_units"] == trial.user_attrs["empty_units"], "export removes exactly the empty units"
+        if card["removed_units"]:
+            assert card["parameters"]["exported"] < card["parameters"]["dense"]
+            assert card["flops"]["exported"] < card["flops"]["dense"] == dense_flops
+        assert trial.values[-2] == card["flops"]["exported"], "the flops objective is the exported model's"
+
+
+def test_a_unit_whose_zero_is_not_silent_keeps_its_layer_whole(small_digits):
+    from automtl.pruning.shrink import shrink
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 10))
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model
+
+        def forward(self, x):
+            out = self.body(x)
+            return {"left": out, "right": -out}
+
+    net = Heads().eval()
+    with torch.no_grad():
+        model[1].weight[2] = 0
+        model[1].bias[2] = 0  # every producing entry is zero, yet sigmoid(0) = 0.5 reaches the next layer
+    x = small_digits.val.inputs[:64]
+    before = net(x)
+    report = shrink(net, x, small_digits.task_names)
+    assert report.removed == {} and "body.1" in report.kept_whole
+    assert model[1].out_features == 8
+    torch.testing.assert_close(net(x)["left"], before["left"])
+
+
+def test_an_export_that_would_change_the_model_is_refused_and_writes_nothing(searched, tmp_path, monkeypatch):
+    from automtl import export as export_mod
+    from automtl.errors import UserError
+    from automtl.pruning.shrink import ShrinkReport
+
+    def careless(model, _inputs, _tasks):
+        import torch_pruning as tp
+
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=_inputs[:2])
+        alive = model.trunk[1].weight.abs().sum(1).topk(3).indices.tolist()  # units the trial uses
+        graph.get_pruning_group(model.trunk[1], tp.prune_linear_out_channels, idxs=alive).prune()
+        return ShrinkReport(removed={"trunk.1": 3})
+
+    monkeypatch.setattr(export_mod, "shrink", careless)
+    with pytest.raises(UserError, match=r"export refused: removing the unused units of \['trunk.1'\] changes the model"):
+        export_mod.export(searched / "runs" / "smoke", tmp_path / "out", trial=0, formats=["onnx"])
+    assert list(tmp_path.iterdir()) == []

@@ -37,16 +37,16 @@ def test_front_and_ranks(study):
 
 def test_hypervolume_matches_a_hand_computed_box_and_only_grows(study):
     single = [t for t in pareto.completed(study) if t.number == 0]
-    assert pareto.hypervolume(single, ["maximize"] * 3, 1000) == pytest.approx(0.5 * 0.9 * 0.9)
+    assert pareto.hypervolume(single, ["maximize"] * 3, [1000] * 3) == pytest.approx(0.5 * 0.9 * 0.9)
     history = pareto.hypervolume_history(study)
     assert [n for n, _ in history] == list(POINTS)
     assert all(a <= b for (_, a), (_, b) in zip(history, history[1:]))
-    assert history[-1][1] == pytest.approx(pareto.hypervolume(pareto.front(study), ["maximize"] * 3, 1000))
+    assert history[-1][1] == pytest.approx(pareto.hypervolume(pareto.front(study), ["maximize"] * 3, [1000] * 3))
 
 
 def test_minimised_parameter_objective_is_normalised():
     trial = create_trial(values=[0.5, 250], params={}, distributions={})
-    assert pareto.normalised([trial], ["maximize", "minimize"], 1000).tolist() == [[0.5, 0.75]]
+    assert pareto.normalised([trial], ["maximize", "minimize"], [1, 1000]).tolist() == [[0.5, 0.75]]
 
 
 def test_knee_is_the_balanced_point(study):

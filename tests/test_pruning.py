@@ -4,132 +4,197 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from automtl import ModelSpec, TrainConfig, UserError, get_problem
+from automtl import UserError
 from automtl.pruning import STRATEGIES, PruneContext, apply
-from automtl.pruning.layers import effective, discover
-from automtl.train import fit
+from automtl.pruning.activations import unit_activations
+from automtl.pruning.layers import discover, effective
+from automtl.train import TrainConfig, fit
+from tests.fixtures.zoo import ZOO, digits
 
-ARCHS = ["mlp", "cnn"]
+STRUCTURED = sorted(s for s in STRATEGIES if STRATEGIES[s].structured)
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """A briefly trained MLP and CNN on a small multidigits problem."""
-    problem = get_problem("multidigits", train_pairs=1500, eval_pairs=300, seed=0)
-    models = {}
-    for arch, spec in (("mlp", ModelSpec("mlp", (48, 24))), ("cnn", ModelSpec("cnn", (24,), (8, 12)))):
-        torch.manual_seed(0)
-        model = problem.build_model(spec)
-        fit(model, problem, TrainConfig(epochs=3), seed=0)
-        models[arch] = model
-    return problem, models
+def zoo():
+    """Every zoo model, briefly trained on its problem (cached per module)."""
+    trained = {}
+
+    def get(name):
+        if name not in trained:
+            layout, regression, factory = ZOO[name]
+            problem = digits(layout, regression, train_pairs=800, eval_pairs=200)
+            torch.manual_seed(0)
+            model = factory(problem)
+            fit(model, problem, TrainConfig(epochs=2, lr=3e-3), seed=0)
+            trained[name] = (problem, model)
+        return trained[name]
+
+    return get
 
 
-def fresh(trained, arch, **ctx_options):
-    problem, models = trained
-    model = copy.deepcopy(models[arch])
-    return model, PruneContext.create(model, problem, calibration_size=256, **ctx_options)
+def fresh(zoo, name, **ctx_options):
+    problem, model = zoo(name)
+    model = copy.deepcopy(model)
+    return problem, model, PruneContext.create(model, problem, calibration_size=128, **ctx_options)
 
 
 def masks(model):
     return {name: buf.clone() for name, buf in model.named_buffers() if name.endswith("_mask")}
 
 
-def grid(strategy):
+def grid(strategy, fractions=(0.0, 0.15, 0.5, 1.0)):
     spec = STRATEGIES[strategy].threshold
-    return [spec.low + (spec.high - spec.low) * f for f in (0.0, 0.05, 0.15, 0.3, 0.6, 1.0)]
+    return [spec.low + (spec.high - spec.low) * f for f in fractions]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+def weights(ctx):
+    return {layer.name: effective(layer.module) for layer in ctx.layers}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_higher_threshold_never_gives_lower_sparsity(trained, arch, strategy):
+def test_every_strategy_prunes_every_zoo_model_more_at_higher_thresholds(zoo, name, strategy):
     sparsities = []
     for value in grid(strategy):
-        model, ctx = fresh(trained, arch)
+        problem, model, ctx = fresh(zoo, name)
         sparsities.append(apply(model, [(strategy, value)], ctx).sparsity)
+        outputs = model(problem.val.inputs[:8])
+        assert all(torch.isfinite(o).all() for o in (outputs.values() if isinstance(outputs, dict) else outputs))
     assert all(a <= b for a, b in zip(sparsities, sparsities[1:])), sparsities
-    assert sparsities[-1] > sparsities[0], f"{strategy} removed nothing even at its maximum: {sparsities}"
+    assert sparsities[-1] > sparsities[0], f"{strategy} removed nothing from {name} even at its maximum: {sparsities}"
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", sorted(ZOO))
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_removed_weights_stay_exactly_zero_through_fine_tuning(trained, arch, strategy):
-    problem, _ = trained
-    model, ctx = fresh(trained, arch)
-    value = grid(strategy)[3]
-    apply(model, [(strategy, value)], ctx)
-    removed = {
-        layer.name: effective(layer.module).eq(0) for layer in ctx.layers
-    }
+def test_removed_weights_and_units_stay_exactly_zero_through_fine_tuning(zoo, name, strategy):
+    problem, model, ctx = fresh(zoo, name)
+    apply(model, [(strategy, grid(strategy, (0.3,))[0])], ctx)
+    removed = {layer: w.eq(0) for layer, w in weights(ctx).items()}
     assert any(r.any() for r in removed.values())
+    gone = {group.name: ~group.alive() for group in ctx.groups}
+    if STRATEGIES[strategy].structured:
+        assert any(g.any() for g in gone.values()), f"{strategy} removed no unit of {name}"
     fit(model, problem, TrainConfig(epochs=1, lr=1e-2), seed=1)
-    for layer in ctx.layers:
-        assert torch.all(effective(layer.module)[removed[layer.name]] == 0), layer.name
+    for layer, w in weights(ctx).items():
+        assert torch.all(w[removed[layer]] == 0), layer
+    # A removed unit outputs exactly zero wherever it is read, and its BatchNorm entries are zero.
+    acts = unit_activations(model, ctx.groups, problem.val.inputs[:64])
+    for group in ctx.groups:
+        assert group.empty()[gone[group.name]].all(), group.name
+        for site in acts[group.name]:
+            assert torch.all(site[:, gone[group.name]] == 0), group.name
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", ["user_resnet", "depthwise", "resnet"])
+def test_batchnorm_statistics_are_recalibrated_for_the_pruned_network(zoo, name):
+    problem, model, ctx = fresh(zoo, name)
+    apply(model, [("magnitude", 0.4)], ctx)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)}
+    seen = {n: [] for n in norms}
+    handles = [m.register_forward_pre_hook(lambda _m, args, n=n: seen[n].append(args[0])) for n, m in norms.items()]
+    with torch.no_grad():
+        model.eval()(ctx.calibration.inputs)
+    for h in handles:
+        h.remove()
+    for n, module in norms.items():
+        inputs = torch.cat(seen[n]).transpose(0, 1).flatten(1)
+        torch.testing.assert_close(module.running_mean, inputs.mean(1), atol=1e-4, rtol=1e-3)
+
+
+def test_a_residual_stream_is_one_group_with_its_batchnorms_and_readers(zoo):
+    problem, model, ctx = fresh(zoo, "user_resnet")
+    stream = next(g for g in ctx.groups if any(m.name == "stem" for m in g.members))
+    roles = {(m.name, m.role) for m in stream.members}
+    assert {("stem", "out"), ("conv2", "out"), ("stem_bn", "norm"), ("bn2", "norm"), ("conv1", "in"), ("fc", "in")} <= roles
+    remove = torch.zeros(stream.units, dtype=torch.bool)
+    remove[3] = True
+    assert stream.remove(remove, "test") == 1
+    assert effective(model.stem)[3].eq(0).all() and effective(model.conv2)[3].eq(0).all()
+    assert effective(model.stem_bn)[3] == 0 and effective(model.bn2, "bias")[3] == 0
+    assert effective(model.conv1)[:, 3].eq(0).all()
+    assert effective(model.fc)[:, 3 * 25 : 4 * 25].eq(0).all(), "the flattened columns of channel 3 are read by fc"
+    assert effective(model.fc)[:, 2 * 25 : 3 * 25].ne(0).any(), "other channels are untouched"
+
+
+def test_activations_are_measured_after_functional_and_module_nonlinearities(zoo):
+    problem, model, ctx = fresh(zoo, "gelu_mlp")
+    inputs = problem.val.inputs[:32]
+    acts = unit_activations(model, ctx.groups, inputs)
+    first = next(g for g in ctx.groups if g.name == "fc1")
+    with torch.no_grad():
+        expected = F.gelu(model.fc1(inputs.flatten(1)))
+    torch.testing.assert_close(acts["fc1"][0], expected)
+    assert len(acts[first.name]) == 1
+    problem, model, ctx = fresh(zoo, "user_resnet")
+    acts = unit_activations(model, ctx.groups, problem.val.inputs[:32])
+    for group in ctx.groups:
+        assert acts[group.name] and all(site.min() >= 0 for site in acts[group.name]), f"{group.name}: not post-ReLU"
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn2d", "user_resnet"])
 @pytest.mark.parametrize(
     "first, second",
     [(("magnitude", 0.15), ("random", 0.4)), (("activation", 0.3), ("taylor", 0.5)), (("entropy", 0.5), ("stability", 0.3))],
 )
-def test_opposite_orders_give_different_masks(trained, arch, first, second):
-    a, ctx_a = fresh(trained, arch)
-    b, ctx_b = fresh(trained, arch)
+def test_opposite_orders_give_different_masks(zoo, name, first, second):
+    _, a, ctx_a = fresh(zoo, name)
+    _, b, ctx_b = fresh(zoo, name)
     apply(a, [first, second], ctx_a)
     apply(b, [second, first], ctx_b)
     ma, mb = masks(a), masks(b)
     assert ma.keys() != mb.keys() or any(not torch.equal(ma[k], mb[k]) for k in ma)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", ["mlp", "user_resnet", "depthwise"])
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_no_strategy_empties_a_layer(trained, arch, strategy, caplog):
-    problem, _ = trained
-    model, ctx = fresh(trained, arch)
+def test_no_strategy_empties_a_layer(zoo, name, strategy, caplog):
+    problem, model, ctx = fresh(zoo, name)
     high = STRATEGIES[strategy].threshold.high
     with caplog.at_level(logging.WARNING):
         apply(model, [(strategy, high), (strategy, high)], ctx)  # twice: the second sees a nearly empty model
     for layer in ctx.weight_layers:
         assert effective(layer.module).ne(0).any(), f"{strategy} emptied {layer.name}"
-    for layer in ctx.hidden_layers:
-        weight_rows = effective(layer.module).flatten(1).ne(0).any(1)
-        assert weight_rows.any() or effective(layer.module, "bias").ne(0).any(), layer.name
+    for group in ctx.groups:
+        assert group.alive().any(), f"{strategy} removed every unit of {group.name}"
     outputs = model(problem.val.inputs[:8])
     assert all(torch.isfinite(o).all() for o in outputs.values())
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("value", [math.nan, -0.1, 100.0, math.inf, "0.5", True])
-def test_bad_thresholds_are_refused_clearly(trained, strategy, value):
-    model, ctx = fresh(trained, "mlp")
-    before = masks(model)
+def test_bad_thresholds_are_refused_clearly(zoo, strategy, value):
+    _, model, ctx = fresh(zoo, "mlp")
     spec = STRATEGIES[strategy].threshold
     with pytest.raises(UserError, match=f"strategy '{strategy}': threshold {spec.symbol} must be"):
         apply(model, [("magnitude", 0.1), (strategy, value)], ctx)
-    assert masks(model) == before == {}, "nothing may be pruned when any step is invalid"
+    assert masks(model) == {}, "nothing may be pruned when any step is invalid"
 
 
-def test_unknown_strategy_lists_the_allowed_ones(trained):
-    model, ctx = fresh(trained, "mlp")
+def test_unknown_strategy_lists_the_allowed_ones(zoo):
+    _, model, ctx = fresh(zoo, "mlp")
     with pytest.raises(UserError, match="'prune_all' is unknown; allowed: \\['activation', 'clustering'"):
         apply(model, [("prune_all", 0.1)], ctx)
 
 
-@pytest.mark.parametrize("strategy", sorted(s for s in STRATEGIES if STRATEGIES[s].structured))
-def test_structured_strategies_never_remove_classes(trained, strategy):
-    model, ctx = fresh(trained, "mlp", heads="include")
-    heads = {name: effective(layer.module).clone() for name, layer in ((l.name, l) for l in ctx.layers if l.is_output)}
+@pytest.mark.parametrize("name", ["mlp", "user_resnet", "tuple"])
+@pytest.mark.parametrize("strategy", STRUCTURED)
+def test_structured_strategies_never_remove_classes(zoo, name, strategy):
+    problem, model, ctx = fresh(zoo, name, heads="include")
     apply(model, [(strategy, STRATEGIES[strategy].threshold.high)], ctx)
+    outputs = model(problem.val.inputs[:64])
+    outputs = outputs.values() if isinstance(outputs, dict) else outputs
     for layer in ctx.layers:
         if layer.is_output:
-            assert torch.equal(effective(layer.module), heads[layer.name])
+            rows = effective(layer.module).flatten(1).ne(0).any(1) | effective(layer.module, "bias").ne(0)
+            assert rows.all(), f"{strategy} removed a class of {layer.name}"
 
 
-def test_heads_are_pruned_only_when_included(trained):
-    excluded, ctx_ex = fresh(trained, "mlp")
-    included, ctx_in = fresh(trained, "mlp", heads="include")
+def test_heads_are_pruned_only_when_included(zoo):
+    _, excluded, ctx_ex = fresh(zoo, "mlp")
+    _, included, ctx_in = fresh(zoo, "mlp", heads="include")
     apply(excluded, [("magnitude", 0.3)], ctx_ex)
     apply(included, [("magnitude", 0.3)], ctx_in)
     assert {l.name for l in ctx_ex.layers if l.is_output} == {"heads.left", "heads.right"}
@@ -137,22 +202,22 @@ def test_heads_are_pruned_only_when_included(trained):
     assert effective(included.heads["left"]).eq(0).any()
 
 
-def test_task_aggregation_rule_changes_what_taylor_keeps(trained):
+def test_task_aggregation_rule_changes_what_taylor_keeps(zoo):
     chosen = {}
     for rule in ("max", "mean", "min"):
-        model, ctx = fresh(trained, "mlp", aggregate=rule)
+        _, model, ctx = fresh(zoo, "mlp", aggregate=rule)
         apply(model, [("taylor", 0.5)], ctx)
         chosen[rule] = masks(model)
     assert any(not torch.equal(chosen["max"][k], chosen["min"][k]) for k in chosen["max"])
-    _, ctx = fresh(trained, "mlp", aggregate="min")
+    _, _, ctx = fresh(zoo, "mlp", aggregate="min")
     a, b = torch.tensor([0.2, 0.9]), torch.tensor([0.5, 0.1])
     assert torch.equal(ctx.combine([a, b]), torch.tensor([0.2, 0.1]))
     with pytest.raises(UserError, match="aggregate 'median' is unknown"):
-        fresh(trained, "mlp", aggregate="median")
+        fresh(zoo, "mlp", aggregate="median")
 
 
-def test_pipeline_counts_sparsity_compression_and_empty_units(trained):
-    model, ctx = fresh(trained, "mlp")
+def test_pipeline_counts_sparsity_compression_and_empty_units(zoo):
+    _, model, ctx = fresh(zoo, "mlp")
     report = apply(model, [("activation", 0.5), ("magnitude", 0.1)], ctx)
     hidden = [model.trunk[1], model.trunk[3]]
     prunable = [t for m in hidden for t in (effective(m), effective(m, "bias"))]
@@ -168,27 +233,85 @@ def test_pipeline_counts_sparsity_compression_and_empty_units(trained):
     assert report.steps[0].sparsity <= report.steps[1].sparsity == report.sparsity
 
 
-class TupleNet(nn.Module):
-    """A user model: per-task heads returned as a tuple, a hidden layer inside one head."""
+def test_user_models_returning_tuples_are_understood(zoo):
+    problem, model, ctx = fresh(zoo, "tuple")
+    layers = {l.name: l for l in discover(model, problem.val.inputs, problem.task_names)}
+    assert {n for n, l in layers.items() if l.is_output} == {"left.2", "right"}
+    assert {g.name for g in ctx.groups} == {"body.1", "left.0"}
+    report = apply(model, [("activation", 0.5), ("stability", 0.3)], ctx)
+    assert report.empty_units > 0
+    assert effective(model.right).flatten(1).ne(0).any(1).all()
+
+
+class LayerNormNet(nn.Module):
+    """A LayerNorm between two Linear layers: its units cannot be removed exactly."""
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(100, 32), nn.ReLU())
-        self.left = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
-        self.right = nn.Linear(32, 10)
+        self.fc1, self.norm, self.fc2 = nn.Linear(100, 32), nn.LayerNorm(32), nn.Linear(32, 16)
+        self.heads = nn.ModuleDict({"left": nn.Linear(16, 10), "right": nn.Linear(16, 10)})
 
     def forward(self, x):
-        h = self.body(x)
-        return self.left(h), self.right(h)
+        h = F.relu(self.fc2(F.relu(self.norm(self.fc1(x.flatten(1))))))
+        return {k: head(h) for k, head in self.heads.items()}
 
 
-def test_user_models_returning_tuples_are_understood(trained):
-    problem, _ = trained
-    model = TupleNet()
-    layers = {l.name: l for l in discover(model, problem.val.inputs, problem.task_names)}
-    assert {n for n, l in layers.items() if l.is_output} == {"left.2", "right"}
-    assert isinstance(layers["left.0"].activation, nn.ReLU)
-    ctx = PruneContext.create(model, problem, calibration_size=128)
-    report = apply(model, [("activation", 0.5), ("stability", 0.3)], ctx)
-    assert report.empty_units > 0
-    assert effective(model.right).ne(0).all()
+class Detached(nn.Module):
+    """The hidden layer's output leaves autograd (through numpy): nothing couples it to the heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(100, 32)
+        self.heads = nn.ModuleDict({"left": nn.Linear(32, 10), "right": nn.Linear(32, 10)})
+
+    def forward(self, x):
+        h = torch.from_numpy(F.relu(self.fc1(x.flatten(1))).detach().numpy())
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+def test_a_model_with_no_removable_unit_refuses_structured_strategies_only(zoo):
+    problem, _ = zoo("mlp")
+    model = Detached()
+    ctx = PruneContext.create(model, problem, calibration_size=64)
+    assert ctx.untraceable is None and not ctx.groups
+    with pytest.raises(UserError, match=r"structured strategies \['activation'\] find no removable unit"):
+        ctx.require(model, ["activation", "magnitude"])
+    ctx.require(model, ["magnitude", "taylor"])
+    assert apply(model, [("magnitude", 0.3)], ctx).sparsity > 0
+
+
+def test_a_model_torch_pruning_cannot_trace_keeps_the_unstructured_strategies(zoo, monkeypatch):
+    problem, trained = zoo("mlp")
+    model = copy.deepcopy(trained)
+
+    def untraceable(*_args):
+        raise RuntimeError("unsupported operator aten::weird")
+
+    monkeypatch.setattr("automtl.pruning.base.find_groups", untraceable)
+    ctx = PruneContext.create(model, problem, calibration_size=64)
+    assert ctx.untraceable == "RuntimeError: unsupported operator aten::weird"
+    with pytest.raises(UserError, match=r"cannot trace this model \(RuntimeError: unsupported operator aten::weird\).*"
+                                        r"\['entropy'\] need its dependency graph.*unstructured ones \['magnitude'"):
+        ctx.require(model, ["entropy", "magnitude"])
+    with pytest.raises(UserError, match="strategy 'entropy' needs the model's dependency graph"):
+        apply(model, [("entropy", 0.5)], ctx)
+    ctx.require(model, ["magnitude", "random"])
+    assert apply(model, [("magnitude", 0.3), ("random", 0.2)], ctx).sparsity > 0
+
+
+def test_a_model_without_prunable_layers_is_refused_by_name(zoo):
+    problem, _ = zoo("mlp")
+
+    class Bilinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = nn.Bilinear(100, 100, 10)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return {"left": self.mix(x, x), "right": self.mix(x, x)}
+
+    model = Bilinear()
+    ctx = PruneContext.create(model, problem, calibration_size=8)
+    with pytest.raises(UserError, match="no Linear/Conv1d/Conv2d layer to prune.*Bilinear"):
+        ctx.require(model, ["magnitude"])

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -23,7 +24,10 @@ from torch import Tensor, nn
 
 from automtl.errors import UserError
 from automtl.problems.base import Problem, Split
-from automtl.pruning.layers import Layer, discover
+from automtl.pruning.groups import UnitGroup, find_groups
+from automtl.pruning.layers import PRUNABLE, Layer, discover
+
+log = logging.getLogger(__name__)
 
 Aggregate = Literal["max", "mean", "min"]
 AGGREGATES: dict[str, callable] = {
@@ -61,12 +65,17 @@ class PruneContext:
 
     ``aggregate`` combines per-task scores (``max`` keeps what any task needs);
     ``heads`` says whether output layers' weights may be pruned (their units,
-    the classes, never are).
+    the classes, never are). ``groups`` are the removable unit groups;
+    ``refused`` names the coupled layers that are not removable and why, and
+    ``untraceable`` says why Torch-Pruning could not trace the model at all.
     """
 
     problem: Problem
     calibration: Split
     layers: list[Layer]
+    groups: list[UnitGroup] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    untraceable: str | None = None
     aggregate: Aggregate = "max"
     heads: Literal["exclude", "include"] = "exclude"
     seed: int = 0
@@ -88,12 +97,32 @@ class PruneContext:
         idx = torch.randperm(len(problem.train), generator=torch.Generator().manual_seed(seed))[:n]
         calibration = Split(problem.train.inputs[idx], {k: v[idx] for k, v in problem.train.targets.items()})
         layers = discover(model, calibration.inputs, problem.task_names)
-        return cls(problem=problem, calibration=calibration, layers=layers, **kwargs)
+        try:
+            found = find_groups(model, calibration.inputs, {layer.name for layer in layers if layer.is_output})
+            structure = {"groups": found.groups, "refused": found.refused}
+        except Exception as exc:  # noqa: BLE001 - any tracing failure only disables structured strategies
+            structure = {"untraceable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc)
+                         else type(exc).__name__}
+        return cls(problem=problem, calibration=calibration, layers=layers, **structure, **kwargs)
 
-    @property
-    def hidden_layers(self) -> list[Layer]:
-        """Layers whose output units (neurons / channels) may be removed whole."""
-        return [layer for layer in self.layers if not layer.is_output]
+    def require(self, model: nn.Module, strategies: list[str]) -> None:
+        """Refuse (UserError) a model the named strategies cannot prune; warn about layers they must skip."""
+        if not self.weight_layers:
+            kinds = sorted({type(m).__name__ for m in model.modules()})
+            raise UserError(f"the model has no {'/'.join(t.__name__ for t in PRUNABLE)} layer to prune "
+                            f"(besides output layers); its modules are {kinds}")
+        structured = [name for name in strategies if get_strategy(name).structured]
+        unstructured = sorted(name for name, s in STRATEGIES.items() if not s.structured)
+        if structured and self.untraceable:
+            raise UserError(f"Torch-Pruning cannot trace this model ({self.untraceable}); the structured strategies "
+                            f"{structured} need its dependency graph. Remove them from pruning.strategies; the "
+                            f"unstructured ones {unstructured} work on any model")
+        if structured and not self.groups:
+            reasons = "; ".join(f"{root}: {why}" for root, why in self.refused.items()) or "no hidden layer"
+            raise UserError(f"the structured strategies {structured} find no removable unit in this model "
+                            f"({reasons}); use the unstructured ones {unstructured}")
+        for root, why in self.refused.items() if structured else ():
+            log.warning("structured strategies leave the units of %s alone: %s", root, why)
 
     @property
     def weight_layers(self) -> list[Layer]:
@@ -139,7 +168,10 @@ class Strategy(ABC):
 
     def __call__(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         """Validate ``value`` and prune; returns how many units (structured) or weights were removed."""
-        return self.prune(model, ctx, self.threshold.validate(self.name, value))
+        value = self.threshold.validate(self.name, value)
+        if self.structured and ctx.untraceable:
+            raise UserError(f"strategy {self.name!r} needs the model's dependency graph: {ctx.untraceable}")
+        return self.prune(model, ctx, value)
 
     @abstractmethod
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:

@@ -11,7 +11,6 @@ from torch import nn
 
 from automtl.pruning.activations import unit_activations
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
-from automtl.pruning.layers import alive_units, remove_units
 
 
 CLUSTERS = 8  # the same k on every layer, so an even split gives each cluster a share of 1/8
@@ -31,23 +30,24 @@ def cluster_shares(patterns: np.ndarray, seed: int) -> np.ndarray:
 
 @register
 class Clustering(Strategy):
-    """Cluster a layer's units by activation pattern; remove units in clusters holding at most tau_k of the layer."""
+    """Cluster a group's units by activation pattern (all sites); remove units in clusters holding at most tau_k of the group."""
 
     name = "clustering"
     structured = True
     threshold = ThresholdSpec(
-        "tau_k", "share of the layer's alive units held by a cluster (k = 8, so an even split is 0.125)", 0.0, 1.0
+        "tau_k", "share of the group's alive units held by a cluster (k = 8, so an even split is 0.125)", 0.0, 1.0
     )
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
-        acts = unit_activations(model, ctx.hidden_layers, ctx.calibration.inputs)
+        acts = unit_activations(model, ctx.groups, ctx.calibration.inputs)
         removed = 0
-        for layer in ctx.hidden_layers:
-            alive = alive_units(layer)
+        for group in ctx.groups:
+            alive = group.alive()
             if int(alive.sum()) < 2:
                 continue
-            shares = cluster_shares(acts[layer.name][:, alive].T.double().numpy(), ctx.seed)
+            patterns = torch.cat(acts[group.name])[:, alive.to(acts[group.name][0].device)]
+            shares = cluster_shares(patterns.T.double().cpu().numpy(), ctx.seed)
             remove = torch.zeros_like(alive)
             remove[alive] = torch.from_numpy(shares <= value)
-            removed += remove_units(layer, remove, self.name)
+            removed += group.remove(remove, self.name)
         return removed

@@ -7,9 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from automtl.pruning.activations import unit_activations
+from automtl.pruning.activations import best_site, unit_activations
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
-from automtl.pruning.layers import remove_units
 
 BINS = 16
 
@@ -36,8 +35,7 @@ class Entropy(Strategy):
     )
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
-        acts = unit_activations(model, ctx.hidden_layers, ctx.calibration.inputs)
+        acts = unit_activations(model, ctx.groups, ctx.calibration.inputs)
         return sum(
-            remove_units(layer, normalised_entropy(acts[layer.name]) < value, self.name)
-            for layer in ctx.hidden_layers
+            group.remove(best_site(acts[group.name], normalised_entropy) < value, self.name) for group in ctx.groups
         )

@@ -6,8 +6,12 @@ Definitions (ShrinkBench's):
   scope (hidden layers, plus output layers when ``heads="include"``);
 * **sparsity** — zero prunable parameters / prunable parameters;
 * **compression ratio** — all model parameters / non-zero model parameters;
-* **empty units** — hidden neurons/channels whose incoming weights and bias are
-  all zero (these can be physically removed on export).
+* **empty units** — units of the removable groups (:mod:`automtl.pruning.groups`)
+  whose producing entries (weight rows, biases, BatchNorm gamma and beta) are
+  all zero: their output is exactly zero and export removes them physically.
+
+Masks change what every later layer sees, so a model with BatchNorm has its
+running statistics recalibrated on the calibration data after every step.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ from torch import nn
 
 from automtl.pruning.base import PruneContext, get_strategy
 from automtl.pruning.layers import Layer, effective
+from automtl.train import recalibrate_batchnorm
 
 
 @dataclass
 class LayerStats:
     parameters: int
     zeros: int
-    units: int
-    empty_units: int
 
     @property
     def sparsity(self) -> float:
         return self.zeros / self.parameters if self.parameters else 0.0
+
+
+@dataclass
+class GroupStats:
+    units: int
+    empty_units: int
 
 
 @dataclass
@@ -44,6 +53,7 @@ class StepReport:
 @dataclass
 class PipelineReport:
     layers: dict[str, LayerStats]
+    groups: dict[str, GroupStats]
     total_parameters: int
     nonzero_parameters: int
     steps: list[StepReport] = field(default_factory=list)
@@ -62,7 +72,7 @@ class PipelineReport:
 
     @property
     def empty_units(self) -> int:
-        return sum(s.empty_units for s in self.layers.values())
+        return sum(s.empty_units for s in self.groups.values())
 
     def as_dict(self) -> dict:
         return {
@@ -73,23 +83,14 @@ class PipelineReport:
             "total_parameters": self.total_parameters,
             "nonzero_parameters": self.nonzero_parameters,
             "layers": {name: {**asdict(s), "sparsity": s.sparsity} for name, s in self.layers.items()},
+            "groups": {name: asdict(s) for name, s in self.groups.items()},
             "steps": [asdict(s) for s in self.steps],
         }
 
 
-def _layer_stats(layer: Layer, in_scope_weights: bool) -> LayerStats:
-    weight = effective(layer.module)
-    bias = effective(layer.module, "bias")
-    empty_rows = weight.flatten(1).eq(0).all(dim=1)
-    if bias is not None:
-        empty_rows &= bias.eq(0)
-    params = [weight] + ([bias] if bias is not None else [])
-    return LayerStats(
-        parameters=sum(p.numel() for p in params) if in_scope_weights else 0,
-        zeros=sum(int(p.eq(0).sum()) for p in params) if in_scope_weights else 0,
-        units=layer.units,
-        empty_units=0 if layer.is_output else int(empty_rows.sum()),
-    )
+def _layer_stats(layer: Layer) -> LayerStats:
+    params = [p for p in (effective(layer.module), effective(layer.module, "bias")) if p is not None]
+    return LayerStats(parameters=sum(p.numel() for p in params), zeros=sum(int(p.eq(0).sum()) for p in params))
 
 
 def measure(model: nn.Module, ctx: PruneContext) -> PipelineReport:
@@ -105,7 +106,8 @@ def measure(model: nn.Module, ctx: PruneContext) -> PipelineReport:
         total += value.numel()
         nonzero += int(value.ne(0).sum())
     return PipelineReport(
-        layers={layer.name: _layer_stats(layer, layer.name in in_scope) for layer in ctx.layers},
+        layers={layer.name: _layer_stats(layer) for layer in ctx.layers if layer.name in in_scope},
+        groups={group.name: GroupStats(group.units, int(group.empty().sum())) for group in ctx.groups},
         total_parameters=total,
         nonzero_parameters=nonzero,
     )
@@ -117,6 +119,7 @@ def apply(model: nn.Module, steps: Sequence[tuple[str, float]], ctx: PruneContex
     reports = []
     for strategy, value in resolved:
         removed = strategy(model, ctx, value)
+        recalibrate_batchnorm(model, ctx.calibration, ctx.batch_size)
         reports.append(StepReport(strategy.name, value, removed, measure(model, ctx).sparsity))
     final = measure(model, ctx)
     final.steps = reports

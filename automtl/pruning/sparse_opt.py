@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
-from automtl.pruning.layers import effective, present, remove_weights, trainable
+from automtl.pruning.layers import effective, in_mode, present, remove_weights, trainable
 from automtl.train import task_losses
 
 EPOCHS = 2  # passes over the calibration set
@@ -42,18 +42,16 @@ class SparseOpt(Strategy):
             for layer in layers
         }
         optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-        was_training = model.training
-        model.train()
-        for _ in range(EPOCHS):
-            for inputs, targets in ctx.calibration.batches(ctx.batch_size, ctx.generator):
-                losses = task_losses(model, ctx.problem, inputs, targets)
-                optimizer.zero_grad(set_to_none=True)
-                (sum(losses.values()) / len(losses)).backward()
-                optimizer.step()
-                with torch.no_grad():
-                    for layer in layers:
-                        _proximal_step(trainable(layer.module), shrink[layer.name], present(layer.module))
-        model.train(was_training)
+        with in_mode(model, True):
+            for _ in range(EPOCHS):
+                for inputs, targets in ctx.calibration.batches(ctx.batch_size, ctx.generator):
+                    losses = task_losses(model, ctx.problem, inputs, targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    (sum(losses.values()) / len(losses)).backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        for layer in layers:
+                            _proximal_step(trainable(layer.module), shrink[layer.name], present(layer.module))
         return sum(
             remove_weights(layer, effective(layer.module).eq(0), self.name) for layer in layers
         )

@@ -7,33 +7,40 @@ from torch import nn
 
 from automtl.models import task_outputs
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, normalise, register
-from automtl.pruning.layers import Layer, alive_units, remove_units
+from automtl.pruning.groups import UnitGroup
+from automtl.pruning.layers import in_mode
 
 NOISE = 0.1  # perturbation std, as a fraction of the calibration inputs' std
 SAMPLES = 256
 
 
 @torch.no_grad()
-def _unit_effects(model: nn.Module, ctx: PruneContext, layer: Layer, inputs: torch.Tensor, base: dict) -> list[torch.Tensor]:
-    """Per task: mean squared output change when each unit of ``layer`` is silenced."""
-    units, alive = layer.units, alive_units(layer)
-    effects = {name: torch.zeros(units, device=inputs.device) for name in ctx.problem.task_names}
+def _unit_effects(model: nn.Module, ctx: PruneContext, group: UnitGroup, inputs: torch.Tensor, base: dict
+                  ) -> list[torch.Tensor]:
+    """Per task: mean squared output change when each alive unit of ``group`` is silenced.
+
+    Silencing zeroes the unit at every producing member (layer and BatchNorm outputs), so a
+    residual stream's channel is silenced everywhere at once, as removal would.
+    """
+    effects = {name: torch.zeros(group.units) for name in ctx.problem.task_names}
     silenced = {"unit": 0}
 
-    def silence(_module, _inputs, output):
-        output = output.clone()
-        output[:, silenced["unit"]] = 0
-        return output
+    def silence(member):
+        def hook(_module, _inputs, output):
+            channels = member.index[member.unit == silenced["unit"]].to(output.device)
+            return output.index_fill(member.channel_dim % output.dim(), channels, 0.0)
+        return hook
 
-    handle = layer.module.register_forward_hook(silence)
+    handles = [m.module.register_forward_hook(silence(m)) for m in group.producers]
     try:
-        for unit in torch.nonzero(alive).flatten().tolist():
+        for unit in torch.nonzero(group.alive()).flatten().tolist():
             silenced["unit"] = unit
             out = task_outputs(model(inputs), ctx.problem.task_names)
             for name in effects:
-                effects[name][unit] = (out[name] - base[name]).pow(2).mean()
+                effects[name][unit] = (out[name] - base[name]).pow(2).mean().cpu()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return [normalise(e) for e in effects.values()]
 
 
@@ -43,21 +50,17 @@ class Stability(Strategy):
 
     name = "stability"
     structured = True
-    threshold = ThresholdSpec("tau_s", "fraction of each layer's alive units removed (least output change first)", 0.0, 1.0)
+    threshold = ThresholdSpec("tau_s", "fraction of each group's alive units removed (least output change first)", 0.0, 1.0)
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         inputs = ctx.calibration.inputs[:SAMPLES]
         noise = torch.randn(inputs.shape, generator=torch.Generator().manual_seed(ctx.seed)).to(inputs.device)
         perturbed = inputs + NOISE * inputs.std() * noise
-        was_training = model.training
-        model.eval()
-        try:
-            removed = 0
-            for layer in ctx.hidden_layers:
+        removed = 0
+        with in_mode(model, False):
+            for group in ctx.groups:
                 with torch.no_grad():
                     base = task_outputs(model(perturbed), ctx.problem.task_names)
-                scores = ctx.combine(_unit_effects(model, ctx, layer, perturbed, base))
-                removed += remove_units(layer, lowest_fraction(scores, alive_units(layer), value), self.name)
-        finally:
-            model.train(was_training)
+                scores = ctx.combine(_unit_effects(model, ctx, group, perturbed, base))
+                removed += group.remove(lowest_fraction(scores, group.alive(), value), self.name)
         return removed

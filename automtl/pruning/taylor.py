@@ -6,7 +6,7 @@ from torch import nn
 
 from automtl.models import task_outputs
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, normalise, register
-from automtl.pruning.layers import effective, present, remove_weights, trainable
+from automtl.pruning.layers import effective, in_mode, present, remove_weights, trainable
 
 
 @register
@@ -20,19 +20,17 @@ class Taylor(Strategy):
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         layers = ctx.weight_layers
         per_task = {layer.name: [] for layer in layers}
-        was_training = model.training
-        model.eval()
-        for task in ctx.problem.tasks:
+        with in_mode(model, False):
+            for task in ctx.problem.tasks:
+                model.zero_grad(set_to_none=True)
+                for inputs, targets in ctx.calibration.batches(ctx.batch_size):
+                    out = task_outputs(model(inputs), ctx.problem.task_names)[task.name]
+                    (task.loss(out, targets[task.name]) * len(inputs) / len(ctx.calibration)).backward()
+                for layer in layers:
+                    grad = trainable(layer.module).grad
+                    score = (effective(layer.module) * grad).abs() if grad is not None else effective(layer.module) * 0
+                    per_task[layer.name].append(normalise(score))
             model.zero_grad(set_to_none=True)
-            for inputs, targets in ctx.calibration.batches(ctx.batch_size):
-                out = task_outputs(model(inputs), ctx.problem.task_names)[task.name]
-                (task.loss(out, targets[task.name]) * len(inputs) / len(ctx.calibration)).backward()
-            for layer in layers:
-                grad = trainable(layer.module).grad
-                score = (effective(layer.module) * grad).abs() if grad is not None else effective(layer.module) * 0
-                per_task[layer.name].append(normalise(score))
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
         return sum(
             remove_weights(
                 layer,

@@ -1,0 +1,209 @@
+"""Unit groups: what a structured strategy removes, found with Torch-Pruning's dependency graph.
+
+A **unit** is one output channel (or neuron) of a hidden layer *together with
+everything tied to it*: its BatchNorm entries, every channel coupled to it by a
+residual add, a concatenation or a depthwise convolution, and the weights that
+read it downstream. A **group** is the set of units that share that coupling
+(a layer, or all layers on one residual stream); its members are
+
+* ``out``  — a Linear/Conv that produces the unit: weight row(s) and bias entry
+  (a depthwise convolution also *reads* it);
+* ``norm`` — an affine BatchNorm on the unit: gamma and beta;
+* ``in``   — a Linear/Conv that reads the unit: weight column(s) (several per
+  unit after a flatten).
+
+Parameter-free operations in between (activations, functional or not, residual
+adds, pooling, reshapes, concatenation) carry the unit along and need nothing.
+A group holding any other kind of layer (LayerNorm, GroupNorm, a grouped
+convolution's input, a non-affine BatchNorm, PReLU, attention, a bare
+``nn.Parameter``, ...) is **not removable**: structured strategies leave it
+alone, and :func:`find_groups` says why.
+
+Removing a unit masks *every* member entry, so its output is exactly zero and
+nothing reads it: the masked model the trial measures is the model that
+export then shrinks. A unit is **alive** while any of its producing entries
+(``out`` and ``norm``) is unmasked; it is **empty** when all of them are zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from automtl.pruning.layers import PRUNABLE, add_mask, effective, in_mode, present
+
+log = logging.getLogger(__name__)
+
+Role = Literal["out", "norm", "in"]
+OPTYPE = tp.ops.OPTYPE
+PARAMETER_FREE = {OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE, OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.SLICE, OPTYPE.UNBIND,
+                  OPTYPE.EXPAND}
+SUPPORTED = "Linear, Conv1d, Conv2d (depthwise too), affine BatchNorm, parameter-free ops"
+
+
+class NotRemovable(Exception):
+    """A coupled set of channels that structured strategies cannot remove exactly."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module's share of a group: which of its entries (``index``) belong to which ``unit``."""
+
+    name: str
+    module: nn.Module
+    role: Role
+    index: Tensor  # long (entries,): row / column / channel index in the module
+    unit: Tensor  # long (entries,): the group unit each entry belongs to
+    reads: bool  # its input carries the unit ('in' members and depthwise convolutions)
+
+    @property
+    def channel_dim(self) -> int:
+        """Where the unit's channel sits in this module's input and output."""
+        return -1 if isinstance(self.module, nn.Linear) else 1
+
+
+@dataclass
+class UnitGroup:
+    """Units removed together; ``name`` is the root layer's qualified name."""
+
+    name: str
+    units: int
+    members: list[Member]
+
+    @property
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.role != "in"]
+
+    @property
+    def readers(self) -> list[Member]:
+        return [m for m in self.members if m.reads]
+
+    def _per_unit_any(self, flags: list[tuple[Member, Tensor]]) -> Tensor:
+        hits = torch.zeros(self.units, dtype=torch.long)
+        for member, flag in flags:
+            hits.index_add_(0, member.unit, flag.long().cpu())
+        return hits > 0
+
+    def alive(self) -> Tensor:
+        """Bool per unit: some producing entry (weight row, bias, gamma, beta) is still unmasked."""
+        return self._per_unit_any([(m, _entry_present(m)) for m in self.producers])
+
+    def empty(self) -> Tensor:
+        """Bool per unit: every producing entry is exactly zero (export removes these)."""
+        return ~self._per_unit_any([(m, _entry_nonzero(m)) for m in self.producers])
+
+    def strength(self) -> Tensor:
+        """Per unit: the summed |weight| of its producing rows (which unit to keep when all would go)."""
+        total = torch.zeros(self.units)
+        for m in self.producers:
+            if m.role == "out":
+                total.index_add_(0, m.unit, effective(m.module).flatten(1).abs().sum(1)[m.index].cpu().float())
+        return total
+
+    def remove(self, remove: Tensor, strategy: str) -> int:
+        """Mask every member entry of the units marked in ``remove``; returns how many units went.
+
+        Never empties the group: when every alive unit is marked, the strongest stays, with a warning.
+        """
+        alive = self.alive()
+        remove = remove.cpu() & alive
+        if alive.any() and bool(remove[alive].all()):
+            remove[int(torch.where(alive, self.strength(), -1.0).argmax())] = False
+            log.warning("%s would empty the units of %s; kept one", strategy, self.name)
+        if not remove.any():
+            return 0
+        for member in self.members:
+            gone = remove[member.unit]
+            if gone.any():
+                _mask_entries(member, member.index[gone])
+        return int(remove.sum())
+
+
+def _rows(mask: Tensor, role: Role) -> Tensor:
+    """Per entry (dim 0 for producers, dim 1 for readers): any True in that slice."""
+    return (mask.transpose(0, 1) if role == "in" else mask).flatten(1).any(1) if mask.dim() > 1 else mask
+
+
+def _entry_present(member: Member) -> Tensor:
+    flags = _rows(present(member.module), member.role)
+    if member.role != "in" and member.module.bias is not None:
+        flags = flags | present(member.module, "bias")
+    return flags[member.index]
+
+
+def _entry_nonzero(member: Member) -> Tensor:
+    flags = _rows(effective(member.module).ne(0), member.role)
+    if member.role != "in" and member.module.bias is not None:
+        flags = flags | effective(member.module, "bias").ne(0)
+    return flags[member.index]
+
+
+def _mask_entries(member: Member, index: Tensor) -> None:
+    module = member.module
+    keep = torch.ones_like(module.weight, dtype=torch.bool)
+    if member.role == "in":
+        keep[:, index] = False
+    else:
+        keep[index] = False
+    add_mask(module, keep)
+    if member.role != "in" and module.bias is not None:
+        keep_bias = torch.ones_like(module.bias, dtype=torch.bool)
+        keep_bias[index] = False
+        add_mask(module, keep_bias, "bias")
+
+
+def _member(graph: tp.DependencyGraph, item, names: dict[nn.Module, str]) -> Member | None:
+    """The member an item of a Torch-Pruning group is, None for a parameter-free op."""
+    node, kind = item.dep.target, item.dep.target.type
+    if kind in PARAMETER_FREE:
+        return None
+    module = node.module
+    name = names.get(module, node.name) if isinstance(module, nn.Module) else node.name
+    if any(r is None for r in item.root_idxs):
+        raise NotRemovable(f"{name}: channels without a one-to-one map to the group's units")
+    index = torch.as_tensor(item.idxs, dtype=torch.long)
+    unit = torch.as_tensor(item.root_idxs, dtype=torch.long)
+    if kind == OPTYPE.BN and module.affine:
+        return Member(name, module, "norm", index, unit, reads=False)
+    if kind in (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV) and isinstance(module, PRUNABLE):
+        depthwise = kind == OPTYPE.DEPTHWISE_CONV
+        if graph.is_out_channel_pruning_fn(item.dep.handler) or depthwise:
+            return Member(name, module, "out", index, unit, reads=depthwise)
+        if getattr(module, "groups", 1) == 1:
+            return Member(name, module, "in", index, unit, reads=True)
+    raise NotRemovable(f"{name} ({type(module).__name__}) is coupled to these channels; supported: {SUPPORTED}")
+
+
+@dataclass
+class GroupDiscovery:
+    """The removable groups of a model, and why the others are not."""
+
+    groups: list[UnitGroup]
+    refused: dict[str, str]  # root layer -> reason
+
+
+def find_groups(model: nn.Module, sample: Tensor, output_layers: set[str]) -> GroupDiscovery:
+    """Trace ``model`` once on ``sample`` (eval mode, running statistics untouched) and group its units.
+
+    Every hidden Linear/Conv roots a group unless it is coupled to an output layer's classes.
+    Raises whatever Torch-Pruning raises when it cannot trace the model.
+    """
+    names = {module: name for name, module in model.named_modules()}
+    with in_mode(model, False):
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=sample[:2])
+    outputs = [model.get_submodule(name) for name in output_layers]
+    found = GroupDiscovery([], {})
+    for group in graph.get_all_groups(ignored_layers=outputs, root_module_types=PRUNABLE):
+        root = names[group[0].dep.target.module]
+        try:
+            members = [m for m in (_member(graph, item, names) for item in group) if m is not None]
+        except NotRemovable as exc:
+            found.refused[root] = str(exc)
+            continue
+        found.groups.append(UnitGroup(root, len(group[0].idxs), members))
+    return found
