@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from automtl.pruning.layers import in_mode
+from automtl.models import in_mode
 
 
 def parameters(model: nn.Module) -> tuple[int, int]:

@@ -20,6 +20,7 @@ Architectures are a registry (``ARCHITECTURES``), each ending in the
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Mapping
 
@@ -69,6 +70,17 @@ class MultiTaskNet(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = self.trunk(x)
         return {name: head(features) for name, head in self.heads.items()}
+
+
+@contextmanager
+def in_mode(model: nn.Module, training: bool):
+    """Run a block with ``model`` in train (``True``) or eval mode, then restore its mode."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def task_outputs(output, task_names: list[str]) -> dict[str, Tensor]:

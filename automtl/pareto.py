@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automtl.errors import UserError
-from automtl.trial import MINIMIZE
+from automtl.trial import MINIMIZE, STRUCTURAL
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -68,6 +68,7 @@ def describe(trial: FrozenTrial) -> dict:
         "test_accuracy": attrs.get("test_accuracy"),
         "compression_ratio": attrs.get("compression_ratio"),
         "nonzero_parameters": attrs.get("nonzero_parameters"),
+        **(attrs.get("structure") or {}),
         "order": attrs.get("order"),
         "thresholds": attrs.get("thresholds"),
         "loss_method": attrs.get("loss_method"),
@@ -120,8 +121,10 @@ _OPS = {">=": operator.ge, "<=": operator.le}
 
 def metric(trial: FrozenTrial, name: str) -> float | None:
     """A trial's value for a constraint name: a task (validation accuracy), ``test.<task>``,
-    ``sparsity``, ``compression_ratio`` or ``nonzero_parameters``."""
+    ``sparsity``, ``compression_ratio``, ``nonzero_parameters``, or a measured ``flops`` / ``latency_ms``."""
     attrs = trial.user_attrs
+    if name in (attrs.get("structure") or {}):
+        return attrs["structure"][name]
     if name.startswith("test.") and name[5:] in (attrs.get("test_accuracy") or {}):
         return attrs["test_accuracy"][name[5:]]
     if name in (attrs.get("accuracy") or {}):
@@ -132,7 +135,8 @@ def metric(trial: FrozenTrial, name: str) -> float | None:
 
 def parse_constraints(texts: list[str], tasks: list[str]) -> list[tuple[str, str, float]]:
     """``["left>=0.92", "sparsity>=0.9"]`` -> ``[(name, op, value), …]``; bad ones raise UserError."""
-    allowed = [*tasks, *(f"test.{t}" for t in tasks), "sparsity", "compression_ratio", "nonzero_parameters"]
+    allowed = [*tasks, *(f"test.{t}" for t in tasks), "sparsity", "compression_ratio", "nonzero_parameters",
+               *STRUCTURAL]
     parsed = []
     for text in texts:
         match = _CONSTRAINT.match(text)

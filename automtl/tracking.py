@@ -78,6 +78,7 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
                                      "fine_tune_seconds", "prune_seconds") if k in attrs}
     metrics |= {f"accuracy.{k}": v for k, v in (attrs.get("accuracy") or {}).items()}
     metrics |= {f"test_accuracy.{k}": v for k, v in (attrs.get("test_accuracy") or {}).items()}
+    metrics |= attrs.get("structure") or {}
     return {k: float(v) for k, v in metrics.items()}
 
 

@@ -204,3 +204,18 @@ def test_an_unreachable_rdb_storage_is_refused_before_anything_is_written(tmp_pa
                  check=False)
     assert result.returncode == 2 and "cannot open the Optuna storage" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_structured_strategies_on_a_model_they_cannot_prune_are_refused_before_anything_is_written(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(f"""
+problem: {{name: "zoo:layernorm_digits", pythonpath: ["{ROOT / 'tests' / 'fixtures'}"]}}
+pruning: {{strategies: {{activation: null, magnitude: null}}}}
+tracking: {{enabled: false}}
+""")
+    result = cli("search", space, "--run-dir", tmp_path / "run", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "structured strategies ['activation'] find no removable unit" in message
+    assert "fc: norm (LayerNorm) is coupled to these channels" in message and "unstructured ones" in message
+    assert not (tmp_path / "run").exists()

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from automtl.pruning.groups import Member, UnitGroup
-from automtl.pruning.layers import in_mode
+from automtl.models import in_mode
 
 
 def _per_unit(values: Tensor, member: Member, units: int) -> Tensor:

@@ -14,7 +14,7 @@ BINS = 16
 
 
 def normalised_entropy(acts: Tensor, bins: int = BINS) -> Tensor:
-    """Per column of ``(N, units)``: entropy of its histogram over the layer's value range, / log(bins)."""
+    """Per column of ``(N, units)``: entropy of its histogram over the value range of all columns, / log(bins)."""
     low, high = acts.min(), acts.max()
     if high <= low:
         return torch.zeros(acts.shape[1], device=acts.device)
@@ -26,7 +26,7 @@ def normalised_entropy(acts: Tensor, bins: int = BINS) -> Tensor:
 
 @register
 class Entropy(Strategy):
-    """Remove neurons/channels whose activation entropy (16 bins over the layer's range, / log 16) is below tau_e."""
+    """Remove units whose activation entropy (16 bins over the range where they are read, / log 16) is below tau_e."""
 
     name = "entropy"
     structured = True

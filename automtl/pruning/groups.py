@@ -35,7 +35,8 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from automtl.pruning.layers import PRUNABLE, add_mask, effective, in_mode, present
+from automtl.models import in_mode
+from automtl.pruning.layers import PRUNABLE, add_mask, effective, present
 
 log = logging.getLogger(__name__)
 

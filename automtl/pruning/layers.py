@@ -16,29 +16,17 @@ groups of :mod:`automtl.pruning.groups`.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from automtl.models import task_outputs
+from automtl.models import in_mode, task_outputs
 
 log = logging.getLogger(__name__)
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-
-
-@contextmanager
-def in_mode(model: nn.Module, training: bool):
-    """Run a block with ``model`` in train (``True``) or eval mode, then restore its mode."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @dataclass

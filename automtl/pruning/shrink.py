@@ -24,10 +24,10 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from automtl.models import task_outputs
+from automtl.models import in_mode, task_outputs
 from automtl.pruning.activations import unit_activations
 from automtl.pruning.groups import UnitGroup, find_groups
-from automtl.pruning.layers import discover, in_mode
+from automtl.pruning.layers import discover
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
+from automtl.models import in_mode
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
-from automtl.pruning.layers import effective, in_mode, present, remove_weights, trainable
+from automtl.pruning.layers import effective, present, remove_weights, trainable
 from automtl.train import task_losses
 
 EPOCHS = 2  # passes over the calibration set

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from automtl.models import task_outputs
+from automtl.models import in_mode, task_outputs
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, normalise, register
 from automtl.pruning.groups import UnitGroup
-from automtl.pruning.layers import in_mode
 
 NOISE = 0.1  # perturbation std, as a fraction of the calibration inputs' std
 SAMPLES = 256

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from automtl.models import task_outputs
+from automtl.models import in_mode, task_outputs
 from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, normalise, register
-from automtl.pruning.layers import effective, in_mode, present, remove_weights, trainable
+from automtl.pruning.layers import effective, present, remove_weights, trainable
 
 
 @register
