@@ -108,7 +108,8 @@ def main() -> None:
         "ONNX stores the weights that survive structural removal densely, so zeros left inside the remaining "
         "layers by unstructured strategies still take 4 bytes each: the size is near non-zero x 4 B only where "
         "the plan's sparsity is mostly structural. The int8 file stores 1 byte a weight. ONNX folds each "
-        "BatchNorm into the convolution before it.",
+        "BatchNorm into the convolution before it. onnxruntime's dynamic int8 quantiser turns convolutions into "
+        "ConvInteger, which is several times slower than float on this CPU: int8 pays off for the MLP, not the ResNet.",
     ]
     publish("export", lines, f"python benchmarks/export.py --parts {args.parts} --trials {args.trials}", started)
 

@@ -98,6 +98,16 @@ class UnitGroup:
         """Bool per unit: every producing entry is exactly zero (export removes these)."""
         return ~self._per_unit_any([(m, _entry_nonzero(m)) for m in self.producers])
 
+    def unheard(self) -> Tensor:
+        """Bool per unit: it has readers and every weight column reading it is zero."""
+        columns = [(m, _rows(effective(m.module).ne(0), "in")[m.index]) for m in self.members if m.role == "in"]
+        return ~self._per_unit_any(columns) if columns else torch.zeros(self.units, dtype=torch.bool)
+
+    def input_independent(self) -> Tensor:
+        """Bool per unit: no producing weight row is non-zero, so its value is a constant (biases only)."""
+        rows = [(m, _rows(effective(m.module).ne(0), "out")[m.index]) for m in self.producers if m.role == "out"]
+        return ~self._per_unit_any(rows)
+
     def strength(self) -> Tensor:
         """Per unit: the summed |weight| of its producing rows (which unit to keep when all would go)."""
         total = torch.zeros(self.units)

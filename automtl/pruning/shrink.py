@@ -69,24 +69,9 @@ def compare(got: dict[str, Tensor], expected: dict[str, Tensor]) -> tuple[float,
 
 def _silent(group: UnitGroup, acts: list[Tensor]) -> Tensor:
     """Units with no incoming weight whose (constant) value is exactly zero wherever it is read."""
-    constant = torch.ones(group.units, dtype=torch.bool)
-    for m in group.members:
-        if m.role == "out":
-            rows = m.module.weight.detach().flatten(1).ne(0).any(1)[m.index].long().cpu()
-            constant &= torch.zeros(group.units, dtype=torch.long).index_add_(0, m.unit, rows) == 0
-    zero = torch.stack([site.eq(0).all(0) for site in acts]).all(0).cpu() if acts else torch.zeros_like(constant)
-    return constant & zero
-
-
-def _unheard(group: UnitGroup) -> Tensor:
-    readers = [m for m in group.members if m.role == "in"]
-    if not readers:
+    if not acts:
         return torch.zeros(group.units, dtype=torch.bool)
-    heard = torch.zeros(group.units, dtype=torch.long)
-    for m in readers:
-        columns = m.module.weight.detach().transpose(0, 1).flatten(1).ne(0).any(1)[m.index]
-        heard.index_add_(0, m.unit, columns.long().cpu())
-    return heard == 0
+    return group.input_independent() & torch.stack([site.eq(0).all(0) for site in acts]).all(0).cpu()
 
 
 @torch.no_grad()
@@ -120,7 +105,7 @@ def shrink(model: nn.Module, check_inputs: Tensor, task_names: list[str]) -> Shr
     accepted: list[tuple[UnitGroup, list[int]]] = []
     report = ShrinkReport()
     for group in found.groups:
-        gone = group.empty() | _silent(group, acts[group.name]) | _unheard(group)
+        gone = group.empty() | _silent(group, acts[group.name]) | group.unheard()
         if not gone.any():
             continue
         if gone.all():  # never empty a layer: keep the strongest unit
