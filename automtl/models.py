@@ -181,7 +181,7 @@ ARCHITECTURES: dict[str, Callable[[ModelSpec, tuple[int, ...]], tuple[list[nn.Mo
 
 
 def build_model(
-    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: Mapping[str, int]
+    spec: ModelSpec, input_shape: tuple[int, ...], head_outputs: Mapping[str, int]
 ) -> MultiTaskNet:
     """Build the trunk named by ``spec.arch`` and one linear head per task."""
     if spec.arch not in ARCHITECTURES:
@@ -191,5 +191,5 @@ def build_model(
     if spec.depth < 1:
         raise UserError(f"model depth must be >= 1, got {spec.depth}")
     layers, features = ARCHITECTURES[spec.arch](spec, tuple(input_shape))
-    heads = {name: nn.Linear(features, classes) for name, classes in num_classes.items()}
+    heads = {name: nn.Linear(features, outputs) for name, outputs in head_outputs.items()}
     return MultiTaskNet(nn.Sequential(*layers), heads)

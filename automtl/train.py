@@ -43,7 +43,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Distillation:
-    """Knowledge distillation from a ``teacher``: ``weight`` in [0, 1] of the blended loss."""
+    """Knowledge distillation from a ``teacher``: ``weight`` in [0, 1] of the blended loss. Classification
+    tasks match the teacher's class distribution softened by ``temperature`` (KL); regression tasks its
+    outputs (MSE)."""
 
     teacher: nn.Module
     weight: float = 0.5
@@ -62,13 +64,14 @@ def task_losses(
     with torch.no_grad():
         teacher_out = task_outputs(distill.teacher(inputs), problem.task_names)
     temp, w = distill.temperature, distill.weight
-    for name in losses:
-        kd = F.kl_div(
-            F.log_softmax(outputs[name] / temp, dim=1),
-            F.softmax(teacher_out[name] / temp, dim=1),
-            reduction="batchmean",
-        ) * temp**2
-        losses[name] = (1 - w) * losses[name] + w * kd
+    for task in problem.tasks:
+        student, teacher = outputs[task.name], teacher_out[task.name]
+        if task.kind == "classification":  # KL between temperature-softened class distributions
+            kd = F.kl_div(F.log_softmax(student / temp, dim=1), F.softmax(teacher / temp, dim=1),
+                          reduction="batchmean") * temp**2
+        else:  # regression: match the teacher's outputs
+            kd = F.mse_loss(student, teacher)
+        losses[task.name] = (1 - w) * losses[task.name] + w * kd
     return losses
 
 
@@ -117,7 +120,7 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, batch_size: int = 128)
 
 @torch.no_grad()
 def evaluate(model: nn.Module, problem: Problem, split: Split, batch_size: int = 1024) -> dict[str, float]:
-    """Each task's metric over ``split`` (accuracy for the built-in problems)."""
+    """Each task's metric over ``split`` (its ``metric_name``, e.g. accuracy or mse)."""
     model.eval()
     outputs: dict[str, list[Tensor]] = {name: [] for name in problem.task_names}
     for inputs, _ in split.batches(batch_size):

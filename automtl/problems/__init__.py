@@ -17,7 +17,8 @@ import pydantic
 
 from automtl.errors import UserError
 from automtl.problems import plugin
-from automtl.problems.base import Problem, Split, Task, accuracy
+from automtl.metrics import accuracy
+from automtl.problems.base import Problem, Split, Task
 from automtl.problems.mnist1d_pair import mnist1d_pair
 from automtl.problems.multidigits import multidigits
 from automtl.problems.multimnist import multimnist

@@ -8,6 +8,7 @@ factory that builds a multi-task network for a :class:`~automtl.models.ModelSpec
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -15,22 +16,69 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from automtl import metrics
 from automtl.models import ModelSpec, build_model
-
-
-def accuracy(logits: Tensor, target: Tensor) -> float:
-    """Fraction of rows whose arg-max equals the target class."""
-    return (logits.argmax(dim=1) == target).float().mean().item()
 
 
 @dataclass(frozen=True)
 class Task:
-    """One prediction target. ``loss`` trains it; ``metric`` (higher is better) scores it."""
+    """One prediction target: how it is trained (``loss``) and scored (``metric``, over a whole split).
+
+    Classification gives the number of classes and gets cross-entropy and accuracy
+    (maximised). Any other task gives its loss and metric; ``metric_name`` and
+    ``direction`` default to what a :class:`~automtl.metrics.Metric` declares.
+
+    Example:
+        >>> from automtl import Task
+        >>> from automtl.metrics import mse, mse_value
+        >>> Task("left", 10).metric_name, Task("left", 10).direction
+        ('accuracy', 'maximize')
+        >>> ink = Task("ink", loss=mse, metric=mse_value, metric_name="mse", direction="minimize")
+        >>> ink.kind, ink.outputs
+        ('regression', 1)
+    """
 
     name: str
-    num_classes: int
-    loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
-    metric: Callable[[Tensor, Tensor], float] = accuracy
+    num_classes: int | None = None
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None
+    metric: Callable[[Tensor, Tensor], float] | None = None
+    metric_name: str | None = None
+    direction: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is None and (self.loss is None or self.metric is None):
+            raise ValueError(f"task {self.name!r}: give num_classes (classification) or both loss and metric")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or int(self.num_classes) < 1):
+            raise ValueError(f"task {self.name!r}: num_classes must be a positive integer, got {self.num_classes!r}")
+        metric = self.metric or metrics.accuracy
+        declared = metric if isinstance(metric, metrics.Metric) else None
+        direction = self.direction or (declared.direction if declared else metrics.MAXIMIZE)
+        name = self.metric_name or (declared.name if declared else "accuracy")
+        if direction not in (metrics.MAXIMIZE, metrics.MINIMIZE):
+            raise ValueError(f"task {self.name!r}: direction must be 'maximize' or 'minimize', got {direction!r}")
+        if declared and direction != declared.direction:
+            raise ValueError(f"task {self.name!r}: metric {declared.name!r} is to {declared.direction}, "
+                             f"not {direction}")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            raise ValueError(f"task {self.name!r}: metric_name must be letters, digits and _, got {name!r}")
+        for field_name, value in (("loss", self.loss or F.cross_entropy), ("metric", metric),
+                                  ("metric_name", name), ("direction", direction)):
+            object.__setattr__(self, field_name, value)
+
+    @property
+    def kind(self) -> str:
+        """``classification`` (it has classes) or ``regression``."""
+        return "classification" if self.num_classes is not None else "regression"
+
+    @property
+    def outputs(self) -> int:
+        """Width of the task's head in the built-in models: its classes, or one value."""
+        return self.num_classes or 1
+
+    @property
+    def objective(self) -> str:
+        """The task's objective name: ``<metric_name>.<task>``."""
+        return f"{self.metric_name}.{self.name}"
 
 
 @dataclass
@@ -109,7 +157,7 @@ class Problem:
         spec = spec or self.default_model
         if self.model_factory is not None:
             return self.model_factory(spec)
-        return build_model(spec, self.input_shape, {t.name: t.num_classes for t in self.tasks})
+        return build_model(spec, self.input_shape, {t.name: t.outputs for t in self.tasks})
 
     def to(self, device: torch.device | str) -> "Problem":
         """The same problem with its data on ``device`` (itself when already there)."""
