@@ -19,8 +19,8 @@ class Activation(Strategy):
     )
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
-        acts = unit_activations(model, ctx.groups, ctx.calibration.inputs)
+        acts = unit_activations(model, ctx.groups, ctx.calibration.inputs, magnitude=True)
         return sum(
-            group.remove(best_site(acts[group.name], lambda site: normalise(site.abs().mean(0))) < value, self.name)
+            group.remove(best_site(acts[group.name], lambda site: normalise(site.mean(0))) < value, self.name)
             for group in ctx.groups
         )

@@ -31,9 +31,11 @@ def _per_unit(values: Tensor, member: Member, units: int) -> Tensor:
     return summed / counts
 
 
-def channel_values(member: Member, tensor: Tensor) -> Tensor:
-    """``(N, entries)``: the member's channels of an input or output tensor, one value per sample."""
+def channel_values(member: Member, tensor: Tensor, magnitude: bool = False) -> Tensor:
+    """``(N, entries)``: the member's channels of an input or output tensor, one value per sample
+    (the mean over positions, of ``|value|`` when ``magnitude``)."""
     index = member.index.to(tensor.device)
+    tensor = tensor.abs() if magnitude else tensor
     if member.channel_dim == -1:
         picked = tensor.index_select(-1, index)
         return picked.reshape(len(tensor), -1, len(index)).mean(1)
@@ -41,16 +43,17 @@ def channel_values(member: Member, tensor: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def unit_activations(model: nn.Module, groups: list[UnitGroup], inputs: Tensor, batch_size: int = 512
-                     ) -> dict[str, list[Tensor]]:
-    """``{group name: [(N, units) per site]}`` over ``inputs``, in eval mode."""
+def unit_activations(model: nn.Module, groups: list[UnitGroup], inputs: Tensor, batch_size: int = 512,
+                     magnitude: bool = False) -> dict[str, list[Tensor]]:
+    """``{group name: [(N, units) per site]}`` over ``inputs``, in eval mode (mean ``|activation|`` over
+    positions when ``magnitude``)."""
     collected: dict[tuple[str, int], list[Tensor]] = {}
     handles = []
 
     def record(group: UnitGroup, site: int, member: Member):
         def hook(_module, args, output=None):
             tensor = args[0] if output is None else output
-            collected.setdefault((group.name, site), []).append(_per_unit(channel_values(member, tensor), member,
+            collected.setdefault((group.name, site), []).append(_per_unit(channel_values(member, tensor, magnitude), member,
                                                                            group.units))
         return hook
 

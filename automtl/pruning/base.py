@@ -3,7 +3,8 @@
 A :class:`Strategy` is a pruning *criterion* with one threshold whose meaning
 and range are documented in its :class:`ThresholdSpec`. It scores the model
 (already carrying earlier strategies' masks) on calibration data and removes
-what scores below its threshold through :mod:`automtl.pruning.layers`.
+what scores below its threshold: single weights through
+:mod:`automtl.pruning.layers`, whole units through :mod:`automtl.pruning.groups`.
 
 Example:
     >>> from automtl.pruning import STRATEGIES
@@ -91,11 +92,8 @@ class PruneContext:
 
     @classmethod
     def create(cls, model: nn.Module, problem: Problem, calibration_size: int = 1024, **kwargs) -> "PruneContext":
-        """A context whose calibration set is a seeded sample of the training split."""
-        seed = kwargs.get("seed", 0)
-        n = min(calibration_size, len(problem.train))
-        idx = torch.randperm(len(problem.train), generator=torch.Generator().manual_seed(seed))[:n]
-        calibration = Split(problem.train.inputs[idx], {k: v[idx] for k, v in problem.train.targets.items()})
+        """A context whose calibration set is a seeded sample of the training split, in memory."""
+        calibration = problem.train.sample(calibration_size, torch.Generator().manual_seed(kwargs.get("seed", 0)))
         layers = discover(model, calibration.inputs, problem.task_names)
         try:
             found = find_groups(model, calibration.inputs, {layer.name for layer in layers if layer.is_output})

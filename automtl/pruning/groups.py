@@ -15,7 +15,7 @@ read it downstream. A **group** is the set of units that share that coupling
 Parameter-free operations in between (activations, functional or not, residual
 adds, pooling, reshapes, concatenation) carry the unit along and need nothing.
 A group holding any other kind of layer (LayerNorm, GroupNorm, a grouped
-convolution's input, a non-affine BatchNorm, PReLU, attention, a bare
+convolution that is not depthwise, a non-affine BatchNorm, PReLU, attention, a bare
 ``nn.Parameter``, ...) is **not removable**: structured strategies leave it
 alone, and :func:`find_groups` says why.
 
@@ -44,7 +44,7 @@ Role = Literal["out", "norm", "in"]
 OPTYPE = tp.ops.OPTYPE
 PARAMETER_FREE = {OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE, OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.SLICE, OPTYPE.UNBIND,
                   OPTYPE.EXPAND}
-SUPPORTED = "Linear, Conv1d, Conv2d (depthwise too), affine BatchNorm, parameter-free ops"
+SUPPORTED = "Linear, Conv1d, Conv2d (depthwise too, not grouped), affine BatchNorm, parameter-free ops"
 
 
 class NotRemovable(Exception):
@@ -154,18 +154,23 @@ def _entry_nonzero(member: Member) -> Tensor:
     return flags[member.index]
 
 
-def _mask_entries(member: Member, index: Tensor) -> None:
+def keep_masks(member: Member, index: Tensor) -> dict[str, Tensor]:
+    """``{parameter name: bool mask}`` that is False exactly at the member's entries ``index``."""
     module = member.module
-    keep = torch.ones_like(module.weight, dtype=torch.bool)
+    keep = {"weight": torch.ones_like(module.weight, dtype=torch.bool)}
     if member.role == "in":
-        keep[:, index] = False
+        keep["weight"][:, index] = False
     else:
-        keep[index] = False
-    add_mask(module, keep)
-    if member.role != "in" and module.bias is not None:
-        keep_bias = torch.ones_like(module.bias, dtype=torch.bool)
-        keep_bias[index] = False
-        add_mask(module, keep_bias, "bias")
+        keep["weight"][index] = False
+        if module.bias is not None:
+            keep["bias"] = torch.ones_like(module.bias, dtype=torch.bool)
+            keep["bias"][index] = False
+    return keep
+
+
+def _mask_entries(member: Member, index: Tensor) -> None:
+    for name, keep in keep_masks(member, index).items():
+        add_mask(member.module, keep, name)
 
 
 def _member(graph: tp.DependencyGraph, item, names: dict[nn.Module, str]) -> Member | None:
@@ -181,12 +186,12 @@ def _member(graph: tp.DependencyGraph, item, names: dict[nn.Module, str]) -> Mem
     unit = torch.as_tensor(item.root_idxs, dtype=torch.long)
     if kind == OPTYPE.BN and module.affine:
         return Member(name, module, "norm", index, unit, reads=False)
-    if kind in (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV) and isinstance(module, PRUNABLE):
-        depthwise = kind == OPTYPE.DEPTHWISE_CONV
+    depthwise = kind == OPTYPE.DEPTHWISE_CONV
+    grouped = getattr(module, "groups", 1) > 1 and not depthwise  # channels tied across a group's slices
+    if kind in (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV) and isinstance(module, PRUNABLE) and not grouped:
         if graph.is_out_channel_pruning_fn(item.dep.handler) or depthwise:
             return Member(name, module, "out", index, unit, reads=depthwise)
-        if getattr(module, "groups", 1) == 1:
-            return Member(name, module, "in", index, unit, reads=True)
+        return Member(name, module, "in", index, unit, reads=True)
     raise NotRemovable(f"{name} ({type(module).__name__}) is coupled to these channels; supported: {SUPPORTED}")
 
 

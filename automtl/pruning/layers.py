@@ -37,10 +37,6 @@ class Layer:
     module: nn.Module
     is_output: bool
 
-    @property
-    def units(self) -> int:
-        return self.module.weight.shape[0]
-
 
 def discover(model: nn.Module, sample: Tensor, task_names: list[str]) -> list[Layer]:
     """Every prunable layer of ``model``, in forward order, output layers marked."""

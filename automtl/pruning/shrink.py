@@ -6,12 +6,14 @@ is zero), **silent** (its weight rows are zero, so it is a constant whatever the
 input, and that constant reaches its readers as exactly zero, e.g. a ReLU of a
 negative bias) or **unheard** (every weight that reads it is zero). For each group,
 the candidates are first *zeroed in a copy* of the model, member by member, and
-the copy's outputs compared with the model's on a check batch; a group whose
-zeroing changes any output (an activation with ``f(0) != 0``, a coupling the
-graph did not see) is left whole and named. Only then does Torch-Pruning
-remove the accepted units, and the shrunk model is compared with the original
-once more (:func:`compare`). Output layers' classes are never removed, and no
-layer is emptied.
+the copy's outputs compared with the model's on a check batch; when zeroing
+changes any output (an activation with ``f(0) != 0``, a coupling the graph did
+not see) only the unheard units are tried, and failing that the group is left
+whole and named. Then Torch-Pruning removes the accepted units and the shrunk
+model is compared with the original on the check batch once more: a difference
+raises :class:`ShrinkFailed` (callers keep the unshrunk model or refuse). Output
+layers' classes are never removed, no layer is emptied, and a model
+Torch-Pruning cannot trace is left as it is.
 """
 
 from __future__ import annotations
@@ -26,18 +28,23 @@ from torch import Tensor, nn
 
 from automtl.models import in_mode, task_outputs
 from automtl.pruning.activations import unit_activations
-from automtl.pruning.groups import UnitGroup, find_groups
+from automtl.pruning.groups import UnitGroup, find_groups, keep_masks
 from automtl.pruning.layers import discover
 
 log = logging.getLogger(__name__)
 
 ATOL = RTOL = 1e-4  # shrunk vs original outputs: |a - b| <= 1e-4 + 1e-4 * |b|
+CHECK_SAMPLES = 256  # validation inputs on which removals are checked (trials and export alike)
+
+
+class ShrinkFailed(Exception):
+    """Removing the accepted units changed the model after all; the model it was given is unusable."""
 
 
 @dataclass
 class ShrinkReport:
     removed: dict[str, int] = field(default_factory=dict)  # group root -> units removed
-    kept_whole: dict[str, str] = field(default_factory=dict)  # group root -> why its candidates stayed
+    kept_whole: dict[str, str] = field(default_factory=dict)  # group root (or "model") -> why nothing went
 
     @property
     def removed_units(self) -> int:
@@ -79,50 +86,75 @@ def _zero(group: UnitGroup, units: Tensor, model: nn.Module) -> None:
     """Zero every member entry of ``units`` in ``model`` (a copy with the same module names)."""
     for member in group.members:
         module = model.get_submodule(member.name)
-        index = member.index[units[member.unit]]
-        if member.role == "in":
-            module.weight[:, index] = 0
-        else:
-            module.weight[index] = 0
-            if module.bias is not None:
-                module.bias[index] = 0
+        for name, keep in keep_masks(member, member.index[units[member.unit]]).items():
+            getattr(module, name).mul_(keep)
+
+
+def _zeroing_keeps_outputs(group: UnitGroup, units: Tensor, trial: nn.Module, check_inputs: Tensor,
+                           expected: dict[str, Tensor]) -> bool:
+    """Zero ``units`` in ``trial``; keep the zeros when the outputs stay as expected, else undo and say so."""
+    saved = copy.deepcopy(trial.state_dict())
+    _zero(group, units, trial)
+    if not compare(outputs(trial, check_inputs, list(expected)), expected)[1]:
+        return True
+    trial.load_state_dict(saved)
+    return False
 
 
 def _prune_fn(module: nn.Module):
     return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
 
 
-def shrink(model: nn.Module, check_inputs: Tensor, task_names: list[str]) -> ShrinkReport:
-    """Remove (in place) every empty or unheard unit whose removal leaves the outputs on ``check_inputs``
-    unchanged; see the module docstring."""
-    model.eval()
+def _candidates(model: nn.Module, check_inputs: Tensor, task_names: list[str], report: ShrinkReport
+                ) -> list[tuple[UnitGroup, list[int]]]:
+    """Per group, the units whose zeroing leaves the outputs on ``check_inputs`` unchanged."""
     sample = check_inputs[:2]
-    layers = discover(model, sample, task_names)
-    found = find_groups(model, sample, {layer.name for layer in layers if layer.is_output})
+    try:
+        layers = discover(model, sample, task_names)
+        found = find_groups(model, sample, {layer.name for layer in layers if layer.is_output})
+    except Exception as exc:  # noqa: BLE001 - a model Torch-Pruning cannot trace keeps every unit
+        report.kept_whole["model"] = f"Torch-Pruning cannot trace it ({type(exc).__name__}: {exc})"
+        return []
     expected = outputs(model, check_inputs, task_names)
-    acts = unit_activations(model, found.groups, check_inputs)
+    acts = unit_activations(model, found.groups, check_inputs, magnitude=True)
     trial = copy.deepcopy(model)
-    accepted: list[tuple[UnitGroup, list[int]]] = []
-    report = ShrinkReport()
+    accepted = []
     for group in found.groups:
-        gone = group.empty() | _silent(group, acts[group.name]) | group.unheard()
-        if not gone.any():
-            continue
-        if gone.all():  # never empty a layer: keep the strongest unit
-            gone[int(group.strength().argmax())] = False
-        saved = copy.deepcopy(trial.state_dict())
-        _zero(group, gone, trial)
-        _, differing = compare(outputs(trial, check_inputs, task_names), expected)
-        if differing:
-            trial.load_state_dict(saved)
-            report.kept_whole[group.name] = f"zeroing its {int(gone.sum())} unused units changes outputs {differing}"
-            log.warning("export keeps the units of %s: %s", group.name, report.kept_whole[group.name])
-            continue
-        accepted.append((group, torch.nonzero(gone).flatten().tolist()))
-    if accepted:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=sample)
+        unheard = group.unheard()
+        for gone in (group.empty() | _silent(group, acts[group.name]) | unheard, unheard):
+            if gone.all():  # never empty a layer: keep the strongest unit
+                gone[int(group.strength().argmax())] = False
+            if gone.any() and _zeroing_keeps_outputs(group, gone, trial, check_inputs, expected):
+                accepted.append((group, torch.nonzero(gone).flatten().tolist()))
+                break
+        else:
+            if (group.empty() | unheard).any():
+                report.kept_whole[group.name] = "zeroing its unused units changes the outputs"
+                log.warning("shrinking keeps the units of %s: %s", group.name, report.kept_whole[group.name])
+    return accepted
+
+
+def shrink(model: nn.Module, check_inputs: Tensor, task_names: list[str]) -> ShrinkReport:
+    """Remove (in place) every empty, silent or unheard unit whose removal leaves the outputs on
+    ``check_inputs`` unchanged; see the module docstring. Raises :class:`ShrinkFailed` if the shrunk
+    model differs after all (``model`` is then unusable: pass a copy you can drop)."""
+    model.eval()
+    report = ShrinkReport()
+    expected = outputs(model, check_inputs, task_names)
+    accepted = _candidates(model, check_inputs, task_names, report)
+    if not accepted:
+        return report
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=check_inputs[:2])
         for group, units in accepted:
             root = model.get_submodule(group.name)
             graph.get_pruning_group(root, _prune_fn(root), idxs=units).prune()
             report.removed[group.name] = len(units)
+        worst, differing = compare(outputs(model, check_inputs, task_names), expected)
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the shrunk model is not the model any more
+        raise ShrinkFailed(f"removing the unused units of {sorted(report.removed)} failed "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if differing:
+        raise ShrinkFailed(f"removing the unused units of {sorted(report.removed)} changes the outputs of "
+                           f"{differing} by up to {worst:.2e}")
     return report

@@ -18,19 +18,20 @@ def _unit_effects(model: nn.Module, ctx: PruneContext, group: UnitGroup, inputs:
                   ) -> list[torch.Tensor]:
     """Per task: mean squared output change when each alive unit of ``group`` is silenced.
 
-    Silencing zeroes the unit at every producing member (layer and BatchNorm outputs), so a
-    residual stream's channel is silenced everywhere at once, as removal would.
+    Silencing zeroes the unit at every producing member (layer and BatchNorm outputs) and in the
+    input of every layer that reads it, so a residual stream's channel is silenced everywhere at
+    once and readers hear nothing of it, as after removal.
     """
     effects = {name: torch.zeros(group.units) for name in ctx.problem.task_names}
     silenced = {"unit": 0}
 
-    def silence(member):
-        def hook(_module, _inputs, output):
-            channels = member.index[member.unit == silenced["unit"]].to(output.device)
-            return output.index_fill(member.channel_dim % output.dim(), channels, 0.0)
-        return hook
+    def zeroed(member, tensor):
+        channels = member.index[member.unit == silenced["unit"]].to(tensor.device)
+        return tensor.index_fill(member.channel_dim % tensor.dim(), channels, 0.0)
 
-    handles = [m.module.register_forward_hook(silence(m)) for m in group.producers]
+    handles = [m.module.register_forward_hook(lambda _mod, _in, out, m=m: zeroed(m, out)) for m in group.producers]
+    handles += [m.module.register_forward_pre_hook(lambda _mod, args, m=m: (zeroed(m, args[0]), *args[1:]))
+                for m in group.readers]
     try:
         for unit in torch.nonzero(group.alive()).flatten().tolist():
             silenced["unit"] = unit
