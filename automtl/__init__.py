@@ -6,11 +6,12 @@ The public API is re-exported here; everything else is private to its module.
 from automtl.api import DenseReport, train_dense
 from automtl.errors import UserError
 from automtl.models import ModelSpec, MultiTaskNet, build_model
-from automtl.problems import PROBLEMS, Problem, Split, Task, get_problem
+from automtl.problems import PROBLEMS, DatasetSplit, Problem, Split, Task, get_problem
 from automtl.train import TrainConfig, evaluate
 
 __all__ = [
     "PROBLEMS",
+    "DatasetSplit",
     "DenseReport",
     "ModelSpec",
     "MultiTaskNet",

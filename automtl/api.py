@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import optuna
 
 from automtl import config as config_mod
-from automtl import pareto, progress, report, tracking
+from automtl import objectives, pareto, progress, report, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
@@ -23,7 +23,7 @@ from automtl.pruning import PruneContext
 from automtl.rundir import RunDir, open_storage
 from automtl.train import TrainConfig, dense_model, evaluate
 from automtl.space import TrialPlan, encode
-from automtl.trial import Bench, objective_scales, objectives
+from automtl.trial import Bench, reference_values
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -42,8 +42,9 @@ class DenseReport:
     model: dict
     seed: int
     epochs: int
-    accuracy: dict[str, float]
-    val_accuracy: dict[str, float]
+    metrics: dict[str, float]  # test split, per task
+    val_metrics: dict[str, float]
+    objectives: dict[str, objectives.Objective]  # per task: metric name, direction, how to show it
     parameters: int
     checkpoint: str
     cached: bool
@@ -62,7 +63,7 @@ def train_dense(
 
     Example:
         >>> report = train_dense("multidigits", seed=0)  # doctest: +SKIP
-        >>> report.accuracy
+        >>> report.metrics
         {'left': 0.92..., 'right': 0.93...}
     """
     prob = get_problem(problem, seed=seed, **(options or {}))
@@ -73,8 +74,9 @@ def train_dense(
         model=spec.as_dict(),
         seed=seed,
         epochs=config.epochs,
-        accuracy=evaluate(dense.model, prob, prob.test),
-        val_accuracy=evaluate(dense.model, prob, prob.val),
+        metrics=evaluate(dense.model, prob, prob.test),
+        val_metrics=evaluate(dense.model, prob, prob.val),
+        objectives={task.name: objectives.of_task(task) for task in prob.tasks},
         parameters=sum(p.numel() for p in dense.model.parameters()),
         checkpoint=str(dense.path),
         cached=dense.cached,
@@ -95,7 +97,8 @@ class SearchSummary:
     run_dir: str
     status: dict
     front: list[dict]
-    dense_accuracy: dict[str, float]
+    objectives: list[dict]  # automtl.objectives.Objective fields, in the order of the trials' values
+    dense_metrics: dict[str, float]
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
@@ -130,38 +133,58 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_c
     return config
 
 
-def _check_model(config: SearchConfig, problem: Problem) -> tuple[int, list[float]]:
+def _check_model(config: SearchConfig, problem: Problem) -> int:
     """Build the model and refuse, before anything is written, one that cannot be built, run or pruned
-    by the configured strategies. Returns its parameter count and the objectives' scales."""
+    by the configured strategies. Returns its parameter count."""
     spec = problem.default_model.override(**config.model.overrides())
     try:
         model = problem.build_model(spec)
-        ctx = PruneContext.create(model, problem, calibration_size=8)
+        ctx = PruneContext.create(model, problem, calibration_size=8, heads=config.pruning.heads,
+                                  aggregate=config.pruning.aggregate)
     except UserError:
         raise
     except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
         raise UserError(f"model: cannot build and run {spec.as_dict()} on problem {problem.name!r} "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     ctx.require(model, list(config.pruning.strategies))
-    return sum(p.numel() for p in model.parameters()), objective_scales(config, model, problem)
+    return sum(p.numel() for p in model.parameters())
 
 
-def _create_study(run: RunDir, config: SearchConfig, task_names: list[str], total_parameters: int,
-                  scales: list[float]) -> optuna.Study:
+def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_parameters: int) -> optuna.Study:
     """A new study in the run directory, with its objectives described and enqueued plans queued."""
-    names = objectives(config, task_names)
-    study = run.create_study(config.storage, config.name, [d for _, d in names])
-    study.set_metric_names([n for n, _ in names])
-    attrs = {"objectives": [n for n, _ in names], "directions": [d for _, d in names],
-             "tasks": task_names, "total_parameters": total_parameters, "scales": scales,
-             "study_uid": uuid.uuid4().hex[:12]}
+    declared = objectives.declared(config, problem)
+    study = run.create_study(config.storage, config.name, [o.direction for o in declared])
+    study.set_metric_names([o.name for o in declared])
+    attrs = {"objectives": [o.name for o in declared], "directions": [o.direction for o in declared],
+             "objective_specs": objectives.to_attrs(declared), "tasks": problem.task_names,
+             "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12]}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for plan in config.enqueue:
         method = plan.loss_method or config.loss_weights.methods[0]
         decoded = TrialPlan(plan.order, plan.thresholds, method, plan.loss_weights, plan.distillation)
-        study.enqueue_trial(encode(decoded, config, task_names))
+        study.enqueue_trial(encode(decoded, config, problem.task_names))
     return study
+
+
+def _describe_dense(study: optuna.Study, bench: Bench) -> None:
+    """Once per study: store the dense model's metrics and measure the objectives' open bounds."""
+    if objectives.dense_metrics(study.user_attrs):
+        return
+    problem, batch = bench.problem, bench.config.data.batch_size
+    study.set_user_attr("dense_test_metrics", evaluate(bench.dense, problem, problem.test, batch))
+    dense_val = evaluate(bench.dense, problem, problem.val, batch)
+    study.set_user_attr("dense_val_metrics", dense_val)
+    declared = objectives.of_study(study)
+    if "objective_specs" not in study.user_attrs or objectives.bounded(declared):
+        return
+    try:
+        measured = objectives.measured(declared, *reference_values(bench, dense_val))
+    except Exception as exc:  # noqa: BLE001 - a user's metric may fail here: the search goes on without those bounds
+        log.warning("the objectives' open bounds could not be measured (%s: %s); until they are, those objectives "
+                    "count 0 in the hypervolume", type(exc).__name__, exc)
+        return
+    study.set_user_attr("objective_specs", objectives.to_attrs(measured))
 
 
 @contextmanager
@@ -196,9 +219,9 @@ def search(
     config = config_mod.load(config_path, list(overrides))
     run = RunDir(run_dir or Path("runs") / config.name)
     config = _prepare_run_dir(config, run, resume, explicit_config=True)
-    problem = config.problem.build(config.seed)
+    problem = config.build_problem()
     config.check(problem.task_names)
-    total_parameters, scales = _check_model(config, problem)
+    total_parameters = _check_model(config, problem)
     backend = get_backend(config.backend.name)
     backend.preflight(config)
     if config.storage and not resume:
@@ -211,13 +234,11 @@ def search(
                             "disk); removed it, every finished trial before it is kept", cut)
             study = run.load_study()
         else:
-            study = _create_study(run, config, problem.task_names, total_parameters, scales)
+            study = _create_study(run, config, problem, total_parameters)
         run.write_config(config)
         tracker = tracking.start(study, config, run.path)
         bench = Bench.prepare(config, run.path, problem)
-        if "dense_test_accuracy" not in study.user_attrs:
-            study.set_user_attr("dense_test_accuracy", evaluate(bench.dense, problem, problem.test))
-            study.set_user_attr("dense_val_accuracy", evaluate(bench.dense, problem, problem.val))
+        _describe_dense(study, bench)
         try:
             backend.run(run, config, bench, on_progress)
         except KeyboardInterrupt:
@@ -233,8 +254,9 @@ def search(
         return SearchSummary(
             run_dir=str(run.path),
             status=progress.take(study, config.trials).as_dict(),
-            front=[pareto.describe(t) for t in pareto.front(study)],
-            dense_accuracy=study.user_attrs["dense_test_accuracy"],
+            front=pareto.described_front(study),
+            objectives=objectives.to_attrs(objectives.of_study(study)),
+            dense_metrics=objectives.dense_metrics(study.user_attrs),
         )
 
 
@@ -247,8 +269,13 @@ def status(run_dir: str | Path) -> dict:
 def pareto_front(run_dir: str | Path, where: list[str] = ()) -> list[dict]:
     """The Pareto trials of a run, decoded; ``where`` keeps those meeting constraints like ``left>=0.92``."""
     study = RunDir(run_dir).require().load_study()
-    front = pareto.require(pareto.front(study), list(where), study.user_attrs.get("tasks", []))
-    return [pareto.describe(t) for t in front]
+    declared = objectives.of_study(study)
+    return [pareto.describe(t, declared) for t in pareto.require(pareto.front(study), list(where), declared)]
+
+
+def objectives_of(run_dir: str | Path) -> list[objectives.Objective]:
+    """The objectives of a run: names, directions, bounds, in the order of the trials' values."""
+    return objectives.of_study(RunDir(run_dir).require().load_study())
 
 
 def report_dashboard(run_dir: str | Path, output: str | Path | None = None) -> Path:

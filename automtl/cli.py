@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from automtl import api
+from automtl.objectives import Objective, task_objectives
 from automtl.config import read_yaml
 from automtl.errors import UserError
 from automtl.problems import PROBLEMS
@@ -96,24 +97,27 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(asdict(report)))
         return
-    table = Table("task", "test accuracy", "val accuracy", title=f"dense {report.problem} ({report.model['arch']})")
-    for task, acc in report.accuracy.items():
-        table.add_row(task, f"{acc:.2%}", f"{report.val_accuracy[task]:.2%}")
+    table = Table("task", "metric", "test", "val", title=f"dense {report.problem} ({report.model['arch']})")
+    for task, value in report.metrics.items():
+        objective = report.objectives[task]
+        table.add_row(task, objective.name.split(".")[0], objective.format(value), objective.format(report.val_metrics[task]))
     console.print(table)
     source = "cache" if report.cached else f"trained in {report.train_seconds:.1f}s"
     console.print(f"{report.parameters:,} parameters; checkpoint {report.checkpoint} ({source})")
 
 
-def _front_table(rows: list[dict], title: str) -> Table:
-    tasks = list(rows[0]["accuracy"]) if rows else []
-    table = Table("trial", "sparsity", *[f"{t} val / test" for t in tasks], title=title)
+def _front_table(rows: list[dict], objectives: list[Objective], title: str) -> Table:
+    tasks = task_objectives(objectives)
+    table = Table("trial", "sparsity", *[f"{o.label} val / test" for o in tasks.values()],
+                  *[o.label for o in objectives if o.name != "sparsity" and not o.task], title=title)
     table.add_column("order (thresholds)", overflow="fold", ratio=3)
     table.add_column("loss weights", overflow="fold", ratio=1)
     for row in sorted(rows, key=lambda r: -r["sparsity"]):
         steps = " → ".join(f"{n} {row['thresholds'][n]:.3g}" for n in row["order"])
         weights = ", ".join(f"{t}={w:.2f}" for t, w in (row["loss_weights"] or {}).items()) or row["loss_method"]
-        accs = [f"{row['accuracy'][t]:.1%} / {row['test_accuracy'][t]:.1%}" for t in tasks]
-        table.add_row(str(row["trial"]), f"{row['sparsity']:.1%}", *accs, steps, weights)
+        metrics = [f"{o.format(row['metrics'][t])} / {o.format(row['test_metrics'][t])}" for t, o in tasks.items()]
+        costs = [o.format(row["objectives"][o.name]) for o in objectives if o.name != "sparsity" and not o.task]
+        table.add_row(str(row["trial"]), f"{row['sparsity']:.1%}", *metrics, *costs, steps, weights)
     return table
 
 
@@ -157,11 +161,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(asdict(summary)))
         return
-    console.print(_front_table(summary.front, f"Pareto front ({len(summary.front)} trials)"))
-    counts = summary.status["counts"]
+    objectives = [Objective(**o) for o in summary.objectives]
+    console.print(_front_table(summary.front, objectives, f"Pareto front ({len(summary.front)} trials)"))
+    counts, tasks = summary.status["counts"], task_objectives(objectives)
     console.print(f"{counts['complete']} complete, {counts['failed']} failed; hypervolume "
-                  f"{summary.status['hypervolume']:.4f}; dense test accuracy "
-                  + ", ".join(f"{t} {a:.1%}" for t, a in summary.dense_accuracy.items())
+                  f"{summary.status['hypervolume']:.4f}; dense model (test) "
+                  + ", ".join(f"{tasks[t].label} {tasks[t].format(v)}" for t, v in summary.dense_metrics.items())
                   + f"; run directory {summary.run_dir}", soft_wrap=True)
 
 
@@ -190,7 +195,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    console.print(_front_table(rows, f"Pareto front of {args.run_dir} ({len(rows)} trials)"))
+    console.print(_front_table(rows, api.objectives_of(args.run_dir), f"Pareto front of {args.run_dir} ({len(rows)} trials)"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -205,10 +210,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    constraints = [f"{task}>={value}" for task, value in args.min_accuracy]
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     with err_console.status("exporting…"):
-        result = api.export_trial(args.run_dir, args.output, args.trial, args.pick, constraints, formats,
+        result = api.export_trial(args.run_dir, args.output, args.trial, args.pick, args.require, formats,
                                   args.quantize, args.register, args.alias)
     card = result.card
     params, files = card["parameters"], card["files"]
@@ -219,20 +223,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     runtime = "onnx" if "exported_onnx" in latency else "pytorch"
     table.add_row(f"CPU ms / batch of {card['latency_batch']} ({runtime})", f"{latency[f'dense_{runtime}']:.3f}",
                   f"{latency[f'exported_{runtime}']:.3f}")
-    for task, acc in card["test_accuracy"]["exported_pytorch"].items():
-        table.add_row(f"test accuracy {task}", "", f"{acc:.2%}")
+    for task, value in card["test_metrics"]["exported_pytorch"].items():
+        table.add_row(f"test {card['metric_names'][task]} {task}", f"(trial {card['test_metrics']['search'][task]:.4g})",
+                      f"{value:.4g}")
     console.print(table)
     console.print("files: " + ", ".join(f"{f['path']} ({f['bytes'] / 1024:.0f} KiB)" for f in files.values()), soft_wrap=True)
     if "mlflow" in card:
         console.print(f"logged to MLflow: {card['mlflow']['model_uri']}", soft_wrap=True)
-
-
-def _task_value(text: str) -> tuple[str, float]:
-    task, sep, value = text.partition("=")
-    try:
-        return task, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TASK=VALUE like left=0.9, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pareto", help="the Pareto trials of a run directory")
     p.add_argument("run_dir")
     p.add_argument("--where", action="append", default=[], metavar="NAME>=VALUE",
-                   help="keep trials meeting a constraint, e.g. left>=0.92 or sparsity>=0.9 (repeatable)")
+                   help="keep trials meeting a constraint on a task's validation metric (left>=0.92), an "
+                        "objective (mse.sum<=1.5, sparsity>=0.9, flops<=1e6) or test.<task> (repeatable)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pareto)
 
@@ -287,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="an explicit (finished) trial number")
     which.add_argument("--pick", help="knee (default), sparsest, or best-<task>, among the Pareto trials")
-    p.add_argument("--min-accuracy", type=_task_value, action="append", default=[], metavar="TASK=VALUE",
-                   help="constraint on the picked trial's validation accuracy (repeatable)")
+    p.add_argument("--require", action="append", default=[], metavar="NAME>=VALUE",
+                   help="constraint on the picked trial, as for `pareto --where`: left>=0.9, mse.sum<=1.5, "
+                        "sparsity>=0.8 (repeatable)")
     p.add_argument("--format", default=",".join(("onnx", "torchscript", "safetensors")),
                    help="comma-separated: onnx, torchscript (torch.export .pt2), safetensors")
     p.add_argument("--quantize", help="int8: also write a dynamically quantised ONNX model")

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
+                      model_validator)
 
 from automtl.errors import UserError
 from automtl.models import ARCHITECTURES
@@ -46,8 +47,9 @@ def read_yaml(text: str):
 
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
-OBJECTIVES = ("sparsity", "accuracy", "parameters", "flops", "latency_ms")
-RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend")
+# "metrics": every task's metric (accuracy, mse, ...); "accuracy" is its older name.
+OBJECTIVES = ("sparsity", "metrics", "parameters", "flops", "latency_ms")
+RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend", "data")
 
 
 class Strict(BaseModel):
@@ -108,6 +110,14 @@ class TrainSettings(Strict):
     epochs: PositiveInt
     lr: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128
+
+
+class DataConfig(Strict):
+    """How splits are read outside training: ``batch_size`` of evaluation (and of loading samples from a
+    Dataset split), ``num_workers`` DataLoader workers of Dataset splits (0 = in the trial's process)."""
+
+    batch_size: PositiveInt = 1024
+    num_workers: NonNegativeInt = 0
 
 
 class PruningConfig(Strict):
@@ -250,10 +260,11 @@ class SearchConfig(Strict):
     model: ModelConfig = ModelConfig()
     dense: TrainSettings = TrainSettings(epochs=20)
     fine_tune: TrainSettings = TrainSettings(epochs=3)
+    data: DataConfig = DataConfig()
     pruning: PruningConfig
     loss_weights: LossWeightsConfig = LossWeightsConfig()
     distillation: DistillationConfig = DistillationConfig()
-    objectives: list[Literal[OBJECTIVES]] = ["sparsity", "accuracy"]
+    objectives: list[Literal[OBJECTIVES]] = ["sparsity", "metrics"]
     latency: LatencyConfig = LatencyConfig()
     sampler: SamplerConfig = SamplerConfig()
     enqueue: list[PlanConfig] = Field(default_factory=list)
@@ -287,12 +298,17 @@ class SearchConfig(Strict):
                 raise ValueError(f"{where}.loss_weights are needed with the simplex method")
         return self
 
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _metrics_was_accuracy(cls, value: Any) -> Any:
+        return ["metrics" if v == "accuracy" else v for v in value] if isinstance(value, list) else value
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, value: list[str]) -> list[str]:
-        if "sparsity" not in value or "accuracy" not in value or len(set(value)) != len(value):
-            raise ValueError(f"must contain 'sparsity' and 'accuracy' once each (optionally any of "
-                             f"{[o for o in OBJECTIVES if o not in ('sparsity', 'accuracy')]}), got {value}")
+        if "sparsity" not in value or "metrics" not in value or len(set(value)) != len(value):
+            raise ValueError(f"must contain 'sparsity' and 'metrics' once each (optionally any of "
+                             f"{[o for o in OBJECTIVES if o not in ('sparsity', 'metrics')]}), got {value}")
         return value
 
     def check(self, task_names: list[str]) -> None:
@@ -305,6 +321,10 @@ class SearchConfig(Strict):
                     f"{field}: names tasks {sorted(weights)}; the problem "
                     f"{self.problem.name!r} has tasks {task_names}"
                 )
+
+    def build_problem(self) -> Problem:
+        """The problem for ``seed``, its Dataset splits loading as ``data`` says."""
+        return self.problem.build(self.seed).loading(self.data.batch_size, self.data.num_workers)
 
     def study_identity(self) -> dict[str, Any]:
         """The fields a resumed study must share with the original (budget and resources may change)."""

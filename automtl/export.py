@@ -1,12 +1,12 @@
 """Export a trial as a genuinely smaller model.
 
 1. Load the trial's saved pruned weights (checksummed; no re-training).
-2. **Shrink**: physically remove every hidden unit that is *silent* (incoming
-   weights all zero and activation(bias) == 0) or *unheard* (every weight
-   reading it downstream is zero), with Torch-Pruning's dependency graph,
-   which also removes the matching slices of the layers around it. Both are
-   exact: outputs do not change. Units that feed a constant into listening
-   layers are kept.
+2. **Shrink**: physically remove every unit that is empty, silent or unheard
+   (:mod:`automtl.pruning.shrink`), as whole dependency groups — a channel with
+   its BatchNorm, the channels tied to it by residual adds and the weights
+   reading it — then compare the shrunk model with the trial's on the whole
+   test split (outputs within 1e-4 + 1e-4·|value|, every task metric within
+   0.1 point) and refuse, writing nothing, if they differ.
 3. Write ONNX (checked against PyTorch with onnxruntime), ``torch.export``
    (``model.pt2``), safetensors weights, optional dynamic-int8 ONNX
    (onnxruntime's quantiser), and ``card.json`` with everything measured.
@@ -34,12 +34,15 @@ from torch import nn
 
 from automtl import checkpoints, pareto, tracking
 from automtl.errors import UserError
+from automtl.objectives import metric_names, of_study, task_objectives
+from automtl.records import TrialRecord
 from automtl.measure import flops, latencies_ms, parameters
 from automtl.models import task_outputs
-from automtl.problems import Problem, Split
-from automtl.pruning.shrink import ShrinkReport, compare, outputs, shrink
+from automtl.problems import Problem
+from automtl.problems.base import Data
+from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, ShrinkReport, compare, shrink
 from automtl.rundir import RunDir
-from automtl.train import evaluate
+from automtl.train import evaluate, predict
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,15 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 PICKS = ("knee", "sparsest")  # and best-<task>
 ONNX_TOLERANCE = 1e-5
 LATENCY_BATCH = 2048  # large enough that a tiny network's timing is not noise
-CHECK_SAMPLES = 256  # validation inputs on which each group's removal is checked
 METRIC_TOLERANCE = 1e-3  # 0.1 point: exported vs trial test metrics
 
 
 def choose(study: optuna.Study, trial: int | None, pick: str | None, constraints: list[str]) -> FrozenTrial:
-    """The trial to export: an explicit number, or a Pareto point picked by rule under constraints."""
-    tasks = study.user_attrs.get("tasks", [])
+    """The trial to export: an explicit number, or a Pareto point picked by rule under constraints.
+
+    ``knee`` is the balanced point, ``sparsest`` the highest sparsity, ``best-<task>`` the best value of
+    the task's metric in its direction (highest accuracy, lowest MSE, …)."""
+    objectives = of_study(study)
     if trial is not None:
         found = [t for t in study.trials if t.number == trial]
         if not found:
@@ -63,40 +68,47 @@ def choose(study: optuna.Study, trial: int | None, pick: str | None, constraints
                             f"can be exported (see `automtl pareto`)")
         return found[0]
     pick = pick or "knee"
-    rules = {"knee": None, "sparsest": lambda t: t.user_attrs["sparsity"],
-             **{f"best-{task}": (lambda t, task=task: t.user_attrs["accuracy"][task]) for task in tasks}}
+    columns = {o.name: j for j, o in enumerate(objectives)}
+    rules = {"knee": None, "sparsest": objectives[columns["sparsity"]]}
+    rules |= {f"best-{task}": objective for task, objective in task_objectives(objectives).items()}
     if pick not in rules:
         raise UserError(f"--pick {pick!r} is unknown; allowed: {list(rules)}")
     front = pareto.front(study)
     if not front:
         raise UserError("the study has no completed trial to export yet")
-    candidates = pareto.require(front, constraints, tasks)
-    return pareto.knee(study, candidates) if rules[pick] is None else max(candidates, key=rules[pick])
+    candidates = pareto.require(front, constraints, objectives)
+    if rules[pick] is None:
+        return pareto.knee(study, candidates)
+    objective = rules[pick]
+    column = columns[objective.name]
+    return max(candidates, key=lambda t: t.values[column] if objective.maximize else -t.values[column])
 
 
 def load_trial_model(run: RunDir, trial: FrozenTrial) -> tuple[nn.Module, Problem]:
     """The trial's pruned network (weights verified by checksum) and its problem."""
     config = run.load_config()
-    problem = config.problem.build(config.seed)
+    problem = config.build_problem()
     spec = problem.default_model.override(**config.model.overrides())
     model = problem.build_model(spec)
-    state, _ = checkpoints.load(run.path / trial.user_attrs["weights"])
+    state, _ = checkpoints.load(run.path / TrialRecord.from_trial(trial).result.weights)
     model.load_state_dict(state)
     return model.eval(), problem
 
 
-def shrink_exactly(model: nn.Module, problem: Problem) -> tuple[ShrinkReport, float]:
-    """Shrink ``model`` in place, then prove it is still the trial's model on the whole test split:
-    outputs within ``1e-4 + 1e-4 * |value|`` and every task metric within 0.1 point; refuse otherwise.
-    Returns what was removed and the largest output difference."""
+def shrink_exactly(model: nn.Module, problem: Problem, batch_size: int = 1024) -> tuple[ShrinkReport, float]:
+    """Shrink ``model`` in place, then prove it is still the trial's model on the whole test split
+    (read in batches of ``batch_size``): outputs within ``1e-4 + 1e-4 * |value|`` and every task metric
+    within 0.1 point; refuse otherwise. Returns what was removed and the largest output difference."""
     masked = copy.deepcopy(model)
-    report = shrink(model, problem.val.inputs[:CHECK_SAMPLES], problem.task_names)
-    expected = outputs(masked, problem.test.inputs, problem.task_names)
-    got = outputs(model, problem.test.inputs, problem.task_names)
+    try:
+        report = shrink(model, problem.val.sample(CHECK_SAMPLES).inputs, problem.task_names)
+    except ShrinkFailed as exc:
+        raise UserError(f"export refused: {exc}; nothing was written") from None
+    expected, targets = predict(lambda x: task_outputs(masked(x), problem.task_names), problem.test, batch_size)
+    got, _ = predict(lambda x: task_outputs(model(x), problem.task_names), problem.test, batch_size)
     worst, differing = compare(got, expected)
-    metrics = {t.name: (t.metric(got[t.name], problem.test.targets[t.name]),
-                        t.metric(expected[t.name], problem.test.targets[t.name])) for t in problem.tasks}
-    moved = {name: pair for name, pair in metrics.items() if abs(pair[0] - pair[1]) > METRIC_TOLERANCE}
+    now, before = problem.score(got, targets), problem.score(expected, targets)
+    moved = {name: (now[name], before[name]) for name in now if abs(now[name] - before[name]) > METRIC_TOLERANCE}
     if differing or moved:
         raise UserError(f"export refused: removing the unused units of {sorted(report.removed) or 'no layer'} "
                         f"changes the model on the test split (outputs of {differing} differ by up to {worst:.2e}; "
@@ -114,10 +126,15 @@ def _onnx_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_accuracy(path: Path, problem: Problem, split: Split) -> dict[str, float]:
+def onnx_metrics(path: Path, problem: Problem, split: Data, batch_size: int = 1024) -> dict[str, float]:
+    """Each task's metric of the ONNX model at ``path`` over ``split``, in batches of ``batch_size``."""
     session = _onnx_session(path)
-    outputs = session.run(problem.task_names, {"input": split.inputs.numpy()})
-    return {t.name: float(t.metric(torch.from_numpy(o), split.targets[t.name])) for t, o in zip(problem.tasks, outputs)}
+
+    def forward(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = session.run(problem.task_names, {"input": inputs.numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(problem.task_names, values)}
+
+    return problem.score(*predict(forward, split, batch_size))
 
 
 class _Outputs(nn.Module):
@@ -136,7 +153,7 @@ def write_onnx(model: nn.Module, problem: Problem, path: Path) -> dict:
     """Export, then check onnxruntime against PyTorch: every output within
     ``1e-5 + 1e-5 * |pytorch|`` (numpy's allclose). Returns the largest absolute difference and the rule."""
     wrapped = _Outputs(model, problem.task_names).eval()
-    sample = problem.test.inputs[:64]
+    sample = problem.test.sample(64).inputs
     try:
         torch.onnx.export(wrapped, (sample,), str(path), input_names=["input"], output_names=problem.task_names,
                           dynamic_axes={"input": {0: "batch"}, **{t: {0: "batch"} for t in problem.task_names}},
@@ -184,12 +201,15 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
     dense = problem.build_model(problem.default_model.override(**run.load_config().model.overrides())).eval()
     dense_params, _ = parameters(dense)
     pruned_params, pruned_nonzero = parameters(model)
-    sample_batch = problem.test.inputs[torch.arange(LATENCY_BATCH) % len(problem.test)]
-    dense_flops = flops(dense, problem.test.inputs)
-    shrunk, shrunk_diff = shrink_exactly(model, problem)
-    exported_flops = flops(model, problem.test.inputs)
+    batch_size = run.load_config().data.batch_size
+    sample = problem.test.sample(LATENCY_BATCH).inputs
+    sample_batch = sample[torch.arange(LATENCY_BATCH) % len(sample)]
+    dense_flops = flops(dense, sample_batch)
+    shrunk, shrunk_diff = shrink_exactly(model, problem, batch_size)
+    exported_flops = flops(model, sample_batch)
     params_after, nonzero_after = parameters(model)
-    accuracy = evaluate(model, problem, problem.test)
+    exported_metrics = evaluate(model, problem, problem.test, batch_size)
+    record = TrialRecord.from_trial(chosen)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
@@ -206,15 +226,15 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
             files["torch_export"] = "model.pt2"
         card = {
             "trial": chosen.number, "run_dir": str(run.path.resolve()),
-            "plan": {k: chosen.user_attrs.get(k) for k in ("order", "thresholds", "loss_method", "loss_weights",
-                                                           "distillation")},
-            "sparsity": chosen.user_attrs["sparsity"], "compression_ratio": chosen.user_attrs["compression_ratio"],
+            "plan": record.plan,
+            "sparsity": record.result.sparsity, "compression_ratio": record.result.compression_ratio,
             "parameters": {"dense": dense_params, "pruned": pruned_params, "pruned_nonzero": pruned_nonzero,
                            "exported": params_after, "exported_nonzero": nonzero_after},
             "removed_units": shrunk.removed_units, "removed_by_group": shrunk.removed,
             "kept_whole": shrunk.kept_whole, "shrunk_vs_trial_max_abs_diff": shrunk_diff,
             "flops": {"dense": dense_flops, "exported": exported_flops},
-            "test_accuracy": {"search": chosen.user_attrs["test_accuracy"], "exported_pytorch": accuracy},
+            "metric_names": metric_names(of_study(study)),
+            "test_metrics": {"search": record.result.test_metrics, "exported_pytorch": exported_metrics},
             "latency_batch": LATENCY_BATCH,
         }
         runs = {"dense_pytorch": lambda: dense(sample_batch), "exported_pytorch": lambda: model(sample_batch)}
@@ -225,7 +245,8 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
             (staging / "dense.onnx").unlink()
             card["onnx_vs_pytorch"] = write_onnx(model, problem, staging / "model.onnx")
             files["onnx"] = "model.onnx"
-            card["test_accuracy"]["exported_onnx"] = onnx_accuracy(staging / "model.onnx", problem, problem.test)
+            card["test_metrics"]["exported_onnx"] = onnx_metrics(staging / "model.onnx", problem, problem.test,
+                                                                 batch_size)
             session = _onnx_session(staging / "model.onnx")
             feed = {"input": sample_batch.numpy()}
             runs |= {"dense_onnx": lambda: dense_session.run(None, feed), "exported_onnx": lambda: session.run(None, feed)}
@@ -234,7 +255,8 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
 
             quantize_dynamic(staging / "model.onnx", staging / "model.int8.onnx", weight_type=QuantType.QInt8)
             files["onnx_int8"] = "model.int8.onnx"
-            card["test_accuracy"]["exported_onnx_int8"] = onnx_accuracy(staging / "model.int8.onnx", problem, problem.test)
+            card["test_metrics"]["exported_onnx_int8"] = onnx_metrics(staging / "model.int8.onnx", problem,
+                                                                      problem.test, batch_size)
             session8 = _onnx_session(staging / "model.int8.onnx")
             runs["exported_onnx_int8"] = lambda: session8.run(None, feed)
         card["latency_ms"] = latencies_ms(runs)
@@ -248,7 +270,7 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
         raise
     if run.load_config().tracking.enabled:
         try:
-            example = problem.test.inputs[:2].numpy()
+            example = problem.test.sample(2).inputs.numpy()
             card["mlflow"] = tracking.log_exported_model(study, chosen.number, model, example, register, alias)
         except Exception as exc:  # noqa: BLE001 - the export on disk is complete; MLflow is a view
             log.warning("the exported model was not logged to MLflow: %s", exc)

@@ -1,18 +1,14 @@
-"""The Pareto front of a study and its hypervolume.
+"""The Pareto front of a study, its ranks, knee and hypervolume, and constraints on trials.
 
 The front is Optuna's (``study.best_trials``: the non-dominated completed
-trials). Hypervolume is computed by ``moocore`` on objectives normalised to
-[0, 1] and oriented so that larger is better:
+trials, in each objective's direction). Objectives, their directions and
+their bounds come from :mod:`automtl.objectives`.
 
-* sparsity and every accuracy as they are (they are fractions);
-* a minimised cost (``nonzero_parameters``, ``flops``, ``latency_ms``) as
-  ``1 - value / scale``, clipped to [0, 1], where the scale is the dense
-  model's value (its parameter count, FLOPs, latency), stored on the study as
-  ``scales`` when it is created.
-
-The **reference point is the origin** (0 sparsity, 0 accuracy, all parameters
-kept), so the hypervolume is in [0, 1] and comparable across studies of the
-same problem and objectives.
+The **hypervolume** is computed by ``moocore`` on objectives normalised to
+[0, 1] by their bounds (1 = ideal, 0 = nadir), with the **origin as reference
+point**, so it is in [0, 1] and comparable across studies of the same problem
+and objectives. Ranks and the knee use the values themselves, oriented so that
+larger is better.
 
 The **knee** is the front point closest (Euclidean) to the ideal point after
 each objective is min-max scaled over the front: the best balanced trade-off.
@@ -29,7 +25,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automtl.errors import UserError
-from automtl.trial import MINIMIZE, STRUCTURAL
+from automtl.objectives import Objective, of_study, task_objectives
+from automtl.records import TrialRecord
 
 
 def completed(study: optuna.Study) -> list[FrozenTrial]:
@@ -41,66 +38,72 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.number) if completed(study) else []
 
 
-def normalised(trials: list[FrozenTrial], directions: list[str], scales: list[float]) -> np.ndarray:
-    """Objective values mapped to [0, 1], larger is better (see the module docstring)."""
-    values = np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(directions))
-    for j, direction in enumerate(directions):
-        if direction == MINIMIZE:
-            values[:, j] = np.clip(1.0 - values[:, j] / max(scales[j], 1e-12), 0.0, 1.0)
+def _values(trials: list[FrozenTrial], objectives: list[Objective]) -> np.ndarray:
+    return np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(objectives))
+
+
+def normalised(trials: list[FrozenTrial], objectives: list[Objective]) -> np.ndarray:
+    """Objective values mapped to [0, 1] by their bounds, 1 = ideal (see the module docstring)."""
+    values = _values(trials, objectives)
+    for j, objective in enumerate(objectives):
+        values[:, j] = objective.normalise(values[:, j])
     return values
 
 
-def hypervolume(trials: list[FrozenTrial], directions: list[str], scales: list[float]) -> float:
+def oriented(trials: list[FrozenTrial], objectives: list[Objective]) -> np.ndarray:
+    """Objective values with minimised ones negated: larger is better in every column."""
+    return _values(trials, objectives) * np.array([1.0 if o.maximize else -1.0 for o in objectives])
+
+
+def hypervolume(trials: list[FrozenTrial], objectives: list[Objective]) -> float:
     """Hypervolume of ``trials`` w.r.t. the origin of the normalised space."""
     if not trials:
         return 0.0
-    points = normalised(trials, directions, scales)
+    points = normalised(trials, objectives)
     return float(moocore.hypervolume(points, ref=np.zeros(points.shape[1]), maximise=True))
 
 
-def describe(trial: FrozenTrial) -> dict:
-    """A finished trial as users read it: metrics, decoded plan, where its weights are."""
-    attrs = trial.user_attrs
+def describe(trial: FrozenTrial, objectives: list[Objective]) -> dict:
+    """A finished trial as users read it: objectives (named, with directions), metrics, plan, weights."""
+    record = TrialRecord.from_trial(trial)
+    result = record.result
     return {
-        "trial": trial.number,
-        "sparsity": attrs.get("sparsity"),
-        "accuracy": attrs.get("accuracy"),
-        "test_accuracy": attrs.get("test_accuracy"),
-        "compression_ratio": attrs.get("compression_ratio"),
-        "nonzero_parameters": attrs.get("nonzero_parameters"),
-        **(attrs.get("structure") or {}),
-        "order": attrs.get("order"),
-        "thresholds": attrs.get("thresholds"),
-        "loss_method": attrs.get("loss_method"),
-        "loss_weights": attrs.get("loss_weights"),
-        "distillation": attrs.get("distillation"),
-        "weights": attrs.get("weights"),
+        "trial": record.number,
+        "objectives": dict(zip([o.name for o in objectives], record.values or ())),
+        "directions": {o.name: o.direction for o in objectives},
+        "sparsity": result.sparsity,
+        "metrics": result.metrics,
+        "test_metrics": result.test_metrics,
+        "compression_ratio": result.compression_ratio,
+        "nonzero_parameters": result.nonzero_parameters,
+        **result.structure,
+        **record.plan,
+        "weights": result.weights,
     }
 
 
-def directions_of(study: optuna.Study) -> tuple[list[str], list[float]]:
-    """The study's objective directions and normalisation scales (older studies: the parameter count)."""
-    attrs = study.user_attrs
-    directions = attrs.get("directions", [])
-    return directions, attrs.get("scales") or [attrs.get("total_parameters", 1)] * len(directions)
+def described_front(study: optuna.Study) -> list[dict]:
+    """:func:`describe` of every front trial."""
+    objectives = of_study(study)
+    return [describe(t, objectives) for t in front(study)]
 
 
 def ranks(study: optuna.Study, trials: list[FrozenTrial]) -> np.ndarray:
     """Pareto rank of each trial (0 = on the front, 1 = front once those are removed, …)."""
     if not trials:
         return np.zeros(0, dtype=int)
-    return np.asarray(moocore.pareto_rank(normalised(trials, *directions_of(study)), maximise=True))
+    return np.asarray(moocore.pareto_rank(oriented(trials, of_study(study)), maximise=True))
 
 
 def hypervolume_history(study: optuna.Study) -> list[tuple[int, float]]:
     """``(trial number, hypervolume of the completed trials numbered up to it)``."""
-    directions, scales = directions_of(study)
+    objectives = of_study(study)
     history, seen = [], []
     for trial in sorted(completed(study), key=lambda t: t.number):
         seen.append(trial)
-        points = normalised(seen, directions, scales)
-        seen = [t for t, keep in zip(seen, moocore.is_nondominated(points, maximise=True)) if keep]
-        history.append((trial.number, hypervolume(seen, directions, scales)))
+        seen = [t for t, keep in zip(seen, moocore.is_nondominated(oriented(seen, objectives), maximise=True))
+                if keep]
+        history.append((trial.number, hypervolume(seen, objectives)))
     return history
 
 
@@ -109,7 +112,7 @@ def knee(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Frozen
     trials = front(study) if trials is None else trials
     if not trials:
         return None
-    points = normalised(trials, *directions_of(study))
+    points = oriented(trials, of_study(study))
     low, high = points.min(axis=0), points.max(axis=0)
     scaled = (points - low) / np.where(high > low, high - low, 1.0)
     return trials[int(np.argmin(np.linalg.norm(1.0 - scaled, axis=1)))]
@@ -117,26 +120,35 @@ def knee(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> Frozen
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 _OPS = {">=": operator.ge, "<=": operator.le}
+CONSTRAINABLE = ("sparsity", "compression_ratio", "nonzero_parameters", "flops", "latency_ms")
 
 
 def metric(trial: FrozenTrial, name: str) -> float | None:
-    """A trial's value for a constraint name: a task (validation accuracy), ``test.<task>``,
-    ``sparsity``, ``compression_ratio``, ``nonzero_parameters``, or a measured ``flops`` / ``latency_ms``."""
-    attrs = trial.user_attrs
-    if name in (attrs.get("structure") or {}):
-        return attrs["structure"][name]
-    if name.startswith("test.") and name[5:] in (attrs.get("test_accuracy") or {}):
-        return attrs["test_accuracy"][name[5:]]
-    if name in (attrs.get("accuracy") or {}):
-        return attrs["accuracy"][name]
-    value = attrs.get(name)
+    """A trial's value for a constraint name: a task (its validation metric), ``test.<task>``, an objective
+    (``sparsity``, ``mse.ink``, ``flops``, …), ``compression_ratio`` or ``nonzero_parameters``."""
+    result = TrialRecord.from_trial(trial).result
+    if result is None:
+        return None
+    prefix, _, task = name.partition(".")
+    if prefix == "test" and task in result.test_metrics:
+        return result.test_metrics[task]
+    if task in result.metrics:  # <metric_name>.<task>
+        return result.metrics[task]
+    if name in result.metrics:  # a bare task name
+        return result.metrics[name]
+    value = result.structure.get(name, getattr(result, name, None) if name in CONSTRAINABLE else None)
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def parse_constraints(texts: list[str], tasks: list[str]) -> list[tuple[str, str, float]]:
-    """``["left>=0.92", "sparsity>=0.9"]`` -> ``[(name, op, value), …]``; bad ones raise UserError."""
-    allowed = [*tasks, *(f"test.{t}" for t in tasks), "sparsity", "compression_ratio", "nonzero_parameters",
-               *STRUCTURAL]
+def constraint_names(objectives: list[Objective]) -> list[str]:
+    """Every name a constraint may use."""
+    tasks = list(task_objectives(objectives))
+    return list(dict.fromkeys([*tasks, *(f"test.{t}" for t in tasks), *(o.name for o in objectives), *CONSTRAINABLE]))
+
+
+def parse_constraints(texts: list[str], objectives: list[Objective]) -> list[tuple[str, str, float]]:
+    """``["left>=0.92", "mse.ink<=0.05"]`` -> ``[(name, op, value), …]``; bad ones raise UserError."""
+    allowed = constraint_names(objectives)
     parsed = []
     for text in texts:
         match = _CONSTRAINT.match(text)
@@ -152,11 +164,11 @@ def select(trials: list[FrozenTrial], constraints: list[tuple[str, str, float]])
         (v := metric(t, name)) is not None and _OPS[op](v, bound) for name, op, bound in constraints)]
 
 
-def require(trials: list[FrozenTrial], texts: list[str], tasks: list[str]) -> list[FrozenTrial]:
+def require(trials: list[FrozenTrial], texts: list[str], objectives: list[Objective]) -> list[FrozenTrial]:
     """The trials meeting constraints like ``left>=0.92``; if none does, a UserError names the closest."""
     if not texts:
         return trials
-    constraints = parse_constraints(texts, tasks)
+    constraints = parse_constraints(texts, objectives)
     kept = select(trials, constraints)
     if kept or not trials:
         return kept

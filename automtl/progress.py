@@ -9,6 +9,8 @@ import optuna
 from optuna.trial import TrialState
 
 from automtl import pareto
+from automtl.objectives import of_study
+from automtl.records import records
 
 STATES = {
     TrialState.COMPLETE: "complete",
@@ -45,7 +47,7 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
     for t in trials:
         counts[STATES[t.state]] += 1
     done = [t for t in trials if t.state.is_finished() and t.datetime_start and t.datetime_complete]
-    compute = sum(t.user_attrs.get("compute_seconds", 0.0) for t in done)
+    compute = sum(r.result.compute_seconds for r in records(done) if r.result)
     if started is None:
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
         ends = [t.datetime_complete.timestamp() for t in done]
@@ -58,14 +60,13 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
     remaining = max(0, budget - finished_now - counts["running"])
     eta = elapsed / finished_now * (remaining + counts["running"] / 2) if finished_now and started else None
     failures: dict[str, list[int]] = {}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            failures.setdefault(t.user_attrs.get("fail_reason", "unknown"), []).append(t.number)
+    for record in records([t for t in trials if t.state == TrialState.FAIL]):
+        failures.setdefault(record.fail_reason or "unknown", []).append(record.number)
     return Snapshot(
         counts=counts,
         budget=budget,
         front_size=len(front),
-        hypervolume=pareto.hypervolume(front, *pareto.directions_of(study)) if complete else 0.0,
+        hypervolume=pareto.hypervolume(front, of_study(study)) if complete else 0.0,
         compute_seconds=compute,
         elapsed_seconds=elapsed,
         eta_seconds=eta,

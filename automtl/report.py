@@ -14,27 +14,24 @@ from plotly.offline import get_plotlyjs
 from automtl import pareto, plots, progress, tracking
 from automtl.checkpoints import atomic_write_bytes
 from automtl.errors import UserError
+from automtl.objectives import dense_metrics, of_study, task_objectives
 from automtl.rundir import RunDir
-
-
-def _pct(value) -> str:
-    return f"{value:.1%}" if isinstance(value, (int, float)) else "–"
 
 
 def front_table(study: optuna.Study) -> str:
     """The Pareto trials as an HTML table, sparsest first; the knee highlighted."""
-    tasks = study.user_attrs.get("tasks", [])
+    tasks = task_objectives(of_study(study))
     knee = pareto.knee(study)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
-                   ["trial", "sparsity", "compression", *[f"{t} val / test" for t in tasks], "order (thresholds)",
-                    "loss weighting", "distillation"])
+                   ["trial", "sparsity", "compression", *[f"{o.label} val / test" for o in tasks.values()],
+                    "order (thresholds)", "loss weighting", "distillation"])
     rows = []
-    for row in sorted(map(pareto.describe, pareto.front(study)), key=lambda r: -r["sparsity"]):
+    for row in sorted(pareto.described_front(study), key=lambda r: -r["sparsity"]):
         order = " → ".join(f"{n} {row['thresholds'][n]:.3g}" for n in row["order"])
         weights = ", ".join(f"{t} {w:.2f}" for t, w in (row["loss_weights"] or {}).items()) or row["loss_method"]
         cells = [str(row["trial"]) + (" (knee)" if knee and knee.number == row["trial"] else ""),
-                 _pct(row["sparsity"]), f"{row['compression_ratio']:.1f}x",
-                 *[f"{_pct(row['accuracy'][t])} / {_pct(row['test_accuracy'][t])}" for t in tasks],
+                 f"{row['sparsity']:.1%}", f"{row['compression_ratio']:.1f}x",
+                 *[f"{o.format(row['metrics'][t])} / {o.format(row['test_metrics'][t])}" for t, o in tasks.items()],
                  order, weights, f"{row['distillation']:.2f}"]
         numeric = {1, 2, *range(3, 3 + len(tasks))}
         tds = "".join(f"<td class='num'>{html.escape(c)}</td>" if i in numeric else f"<td>{html.escape(c)}</td>"
@@ -47,12 +44,14 @@ def dashboard(study: optuna.Study, run: RunDir) -> str:
     """The whole page as one HTML string (plotly.js inlined once; no network needed)."""
     config = run.load_config()
     snap = progress.take(study, config.trials)
-    dense = study.user_attrs.get("dense_test_accuracy", {})
+    tasks = task_objectives(of_study(study))
+    dense = dense_metrics(study.user_attrs)
     cards = {
         "complete / failed": f"{snap.counts['complete']} / {snap.counts['failed']}",
         "Pareto trials": str(snap.front_size),
         "hypervolume": f"{snap.hypervolume:.4f}",
-        "dense test accuracy": " · ".join(f"{t} {_pct(a)}" for t, a in dense.items()) or "–",
+        "dense model (test)": " · ".join(f"{tasks[t].label} {tasks[t].format(v)}" for t, v in dense.items()
+                                         if t in tasks) or "–",
         "sampler": config.sampler.name,
     }
     figures = "".join(
@@ -85,7 +84,7 @@ def write_dashboard(run_dir: str | Path, output: str | Path | None = None) -> Pa
 
 def mlflow_artifacts(study: optuna.Study, run: RunDir) -> dict[str, str]:
     """What the parent run carries: the front as JSON, every figure as self-contained HTML, the dashboard."""
-    artifacts = {"pareto_front.json": json.dumps([pareto.describe(t) for t in pareto.front(study)], indent=1)}
+    artifacts = {"pareto_front.json": json.dumps(pareto.described_front(study), indent=1)}
     for name, fig in plots.figures(study).items():
         artifacts[f"{name}.html"] = fig.to_html(include_plotlyjs=True, full_html=True)
     artifacts["dashboard.html"] = dashboard(study, run)

@@ -25,6 +25,9 @@ from typing import Any, Iterable, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automtl.objectives import metric_names, of_attrs, of_study
+from automtl.records import TrialRecord
+
 log = logging.getLogger(__name__)
 
 ROLE, STUDY_TAG, TRIAL_TAG = "automtl.role", "automtl.study", "automtl.trial"
@@ -63,31 +66,35 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
-def trial_params(trial: FrozenTrial) -> dict[str, str]:
-    attrs = trial.user_attrs
-    params = {"order": " > ".join(attrs.get("order") or []) or "(none)", "loss_method": attrs.get("loss_method"),
-              "distillation": attrs.get("distillation"), "worker": attrs.get("worker")}
-    params |= {f"threshold.{k}": v for k, v in (attrs.get("thresholds") or {}).items()}
-    params |= {f"loss_weight.{k}": v for k, v in (attrs.get("loss_weights") or {}).items()}
+def trial_params(record: TrialRecord) -> dict[str, str]:
+    params = {"order": " > ".join(record.order) or "(none)", "loss_method": record.loss_method,
+              "distillation": record.distillation, "worker": record.worker}
+    params |= {f"threshold.{k}": v for k, v in record.thresholds.items()}
+    params |= {f"loss_weight.{k}": v for k, v in (record.loss_weights or {}).items()}
     return {k: str(v) for k, v in params.items() if v is not None}
 
 
-def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
-    attrs = trial.user_attrs
-    metrics = {k: attrs[k] for k in ("sparsity", "compression_ratio", "nonzero_parameters", "empty_units",
-                                     "fine_tune_seconds", "prune_seconds") if k in attrs}
-    metrics |= {f"accuracy.{k}": v for k, v in (attrs.get("accuracy") or {}).items()}
-    metrics |= {f"test_accuracy.{k}": v for k, v in (attrs.get("test_accuracy") or {}).items()}
-    metrics |= attrs.get("structure") or {}
+def trial_metrics(record: TrialRecord, metric_names: Mapping[str, str]) -> dict[str, float]:
+    """A finished trial's MLflow metrics; task metrics are named ``<metric>.<task>`` (``test.<metric>.<task>``)."""
+    result = record.result
+    if result is None:
+        return {}
+    metrics = {k: getattr(result, k) for k in ("sparsity", "compression_ratio", "nonzero_parameters", "empty_units",
+                                                "fine_tune_seconds", "prune_seconds")}
+    metrics |= {f"{metric_names.get(t, 'metric')}.{t}": v for t, v in result.metrics.items()}
+    metrics |= {f"test.{metric_names.get(t, 'metric')}.{t}": v for t, v in result.test_metrics.items()}
+    metrics |= result.structure
     return {k: float(v) for k, v in metrics.items()}
 
 
 class Tracker:
     """Writes one study's runs; every failure is reported once and then tracking stops quietly."""
 
-    def __init__(self, client, experiment_id: str, parent_run_id: str, study_uid: str):
+    def __init__(self, client, experiment_id: str, parent_run_id: str, study_uid: str,
+                 metric_names: Mapping[str, str] | None = None):
         self.client, self.experiment_id = client, experiment_id
         self.parent_run_id, self.study_uid = parent_run_id, study_uid
+        self.metric_names = dict(metric_names or {})  # task -> metric name, for the child runs' metric keys
         self.broken = False
 
     @staticmethod
@@ -95,7 +102,8 @@ class Tracker:
         """The study attributes a worker needs to log child runs (None if tracking is off or unavailable)."""
         if not study_attrs.get("mlflow_active"):
             return None
-        return {k: v for k, v in study_attrs.items() if k.startswith("mlflow_") or k == "study_uid"}
+        attrs = {k: v for k, v in study_attrs.items() if k.startswith("mlflow_") or k == "study_uid"}
+        return attrs | {"metric_names": metric_names(of_attrs(study_attrs))}
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any] | None) -> "Tracker | None":
@@ -103,7 +111,7 @@ class Tracker:
         if not attrs:
             return None
         return cls(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
-                   attrs["study_uid"])
+                   attrs["study_uid"], attrs.get("metric_names"))
 
     @classmethod
     def attach(cls, study: optuna.Study) -> "Tracker | None":
@@ -132,10 +140,11 @@ class Tracker:
     def _log_trial(self, trial: FrozenTrial, pareto: bool | None, run_id: str | None) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
+        record = TrialRecord.from_trial(trial)
         tags = {STUDY_TAG: self.study_uid, ROLE: "trial", TRIAL_TAG: str(trial.number),
-                "mlflow.parentRunId": self.parent_run_id, "state": trial.state.name.lower()}
-        if "fail_reason" in trial.user_attrs:
-            tags["fail_reason"] = trial.user_attrs["fail_reason"]
+                "mlflow.parentRunId": self.parent_run_id, "state": record.state}
+        if record.fail_reason is not None:
+            tags["fail_reason"] = record.fail_reason
         if pareto is not None:
             tags["pareto"] = str(pareto).lower()
         if run_id is None:
@@ -143,8 +152,8 @@ class Tracker:
             timestamp = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
             self.client.log_batch(
                 run_id,
-                metrics=[Metric(k, v, timestamp, 0) for k, v in trial_metrics(trial).items()],
-                params=[Param(k, v) for k, v in trial_params(trial).items()],
+                metrics=[Metric(k, v, timestamp, 0) for k, v in trial_metrics(record, self.metric_names).items()],
+                params=[Param(k, v) for k, v in trial_params(record).items()],
             )
             self.client.set_terminated(run_id, "FINISHED" if trial.state == TrialState.COMPLETE else "FAILED")
         else:
@@ -195,7 +204,7 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
     for key, value in {"mlflow_uri": uri, "mlflow_experiment": name, "mlflow_experiment_id": experiment_id,
                        "mlflow_parent_run_id": parent}.items():
         study.set_user_attr(key, value)
-    return Tracker(client, experiment_id, parent, attrs["study_uid"])
+    return Tracker(client, experiment_id, parent, attrs["study_uid"], metric_names(of_study(study)))
 
 
 def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervolumes: Iterable[tuple[int, float]],
@@ -231,6 +240,8 @@ def log_exported_model(study: optuna.Study, trial_number: int, model, example, r
     import mlflow
     import torch
 
+    from automtl.models import task_outputs
+
     attrs = study.user_attrs
     if "mlflow_parent_run_id" not in attrs or not reachable(attrs["mlflow_uri"]):
         raise RuntimeError("the study has no reachable MLflow tracking (run `automtl report --sync-mlflow` first)")
@@ -242,7 +253,8 @@ def log_exported_model(study: optuna.Study, trial_number: int, model, example, r
     from mlflow.models import infer_signature
 
     with torch.no_grad():
-        outputs = {task: logits.numpy() for task, logits in model(torch.from_numpy(example)).items()}
+        outputs = {task: values.numpy() for task, values in
+                   task_outputs(model(torch.from_numpy(example)), attrs["tasks"]).items()}
     mlflow.set_tracking_uri(attrs["mlflow_uri"])
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="model", registered_model_name=register,

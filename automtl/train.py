@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from automtl import checkpoints
 from automtl.models import ModelSpec, task_outputs
-from automtl.problems.base import Problem, Split
+from automtl.problems.base import Data, Problem
 from automtl.weighting import Static, Weighting
 
 log = logging.getLogger(__name__)
@@ -112,24 +112,30 @@ def fit(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, split: Split, batch_size: int = 128) -> None:
+def recalibrate_batchnorm(model: nn.Module, split: Data, batch_size: int = 128) -> None:
     """Recompute every BatchNorm's running statistics over ``split`` for the weights as they are now
     (``torch.optim.swa_utils.update_bn``: a cumulative average, no parameter changes). No-op without BatchNorm."""
     torch.optim.swa_utils.update_bn(split.batches(batch_size), model)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, problem: Problem, split: Split, batch_size: int = 1024) -> dict[str, float]:
-    """Each task's metric over ``split`` (its ``metric_name``, e.g. accuracy or mse)."""
+def predict(forward: Callable[[Tensor], Mapping[str, Tensor]], split: Data,
+            batch_size: int = 1024) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``forward`` (inputs -> per-task outputs) over every batch of ``split`` in order, and the split's
+    targets, each concatenated per task."""
+    outputs: dict[str, list[Tensor]] = {}
+    targets: dict[str, list[Tensor]] = {}
+    for inputs, batch_targets in split.batches(batch_size):
+        for store, values in ((outputs, forward(inputs)), (targets, batch_targets)):
+            for name, value in values.items():
+                store.setdefault(name, []).append(value)
+    return {k: torch.cat(v) for k, v in outputs.items()}, {k: torch.cat(v) for k, v in targets.items()}
+
+
+def evaluate(model: nn.Module, problem: Problem, split: Data, batch_size: int = 1024) -> dict[str, float]:
+    """Each task's metric over ``split`` (its ``metric_name``, e.g. accuracy or mse), in batches of ``batch_size``."""
     model.eval()
-    outputs: dict[str, list[Tensor]] = {name: [] for name in problem.task_names}
-    for inputs, _ in split.batches(batch_size):
-        for name, logits in task_outputs(model(inputs), problem.task_names).items():
-            outputs[name].append(logits)
-    return {
-        t.name: float(t.metric(torch.cat(outputs[t.name]), split.targets[t.name]))
-        for t in problem.tasks
-    }
+    return problem.score(*predict(lambda inputs: task_outputs(model(inputs), problem.task_names), split, batch_size))
 
 
 @dataclass

@@ -10,54 +10,40 @@ weights compactly so the trial can be exported without re-running.
 from __future__ import annotations
 
 import copy
+import logging
+import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from automtl import checkpoints
+from automtl import checkpoints, objectives
 from automtl.config import SearchConfig
-from automtl.models import ModelSpec
-from automtl.problems import Problem
 from automtl.measure import cpu_latency_ms, flops
+from automtl.models import ModelSpec, task_outputs
+from automtl.problems import Problem
 from automtl.pruning import PruneContext, apply, make_permanent
-from automtl.pruning.shrink import shrink
+from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
+from automtl.records import TrialResult
 from automtl.space import TrialPlan
-from automtl.train import Distillation, TrainConfig, dense_model, evaluate, fit, recalibrate_batchnorm
+from automtl.train import Distillation, TrainConfig, dense_model, evaluate, fit, predict, recalibrate_batchnorm
 from automtl.weighting import make_weighting
 
-MAXIMIZE, MINIMIZE = "maximize", "minimize"
-STRUCTURAL = ("flops", "latency_ms")  # measured on the shrunk model (automtl.pruning.shrink)
-SHRINK_CHECK_SAMPLES = 256
+log = logging.getLogger(__name__)
 
 
 class TrialFailed(Exception):
     """A trial that produced no usable result (the reason is recorded on the trial)."""
 
 
-def objectives(config: SearchConfig, task_names: list[str]) -> list[tuple[str, str]]:
-    """``(name, direction)`` of every objective, in the order trials report them."""
-    names: list[tuple[str, str]] = []
-    for objective in config.objectives:
-        if objective == "accuracy":
-            names += [(f"accuracy.{t}", MAXIMIZE) for t in task_names]
-        elif objective == "parameters":
-            names.append(("nonzero_parameters", MINIMIZE))
-        elif objective in STRUCTURAL:
-            names.append((objective, MINIMIZE))
-        else:
-            names.append((objective, MAXIMIZE))
-    return names
-
-
 def costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str, float]:
     """The structural objectives the config asks for (``flops``, ``latency_ms``) of ``model`` as it is,
     on the CPU (latency: median of ``latency.rounds`` forward passes of ``latency.batch_size`` inputs)."""
     measured = {}
-    inputs = problem.val.inputs.cpu()
+    inputs = problem.val.sample(config.latency.batch_size).inputs.cpu()
     if "flops" in config.objectives:
         measured["flops"] = float(flops(model, inputs))
     if "latency_ms" in config.objectives:
@@ -66,19 +52,30 @@ def costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str,
 
 
 def shrunk_costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str, float]:
-    """:func:`costs` of a CPU copy of ``model`` with its unused units physically removed (as export would)."""
-    if not set(STRUCTURAL) & set(config.objectives):
+    """:func:`costs` of a CPU copy of ``model`` with its unused units physically removed (as export would;
+    the unshrunk model's when removing them would change it, which export would refuse)."""
+    if not set(objectives.STRUCTURAL) & set(config.objectives):
         return {}
     shrunk = copy.deepcopy(model).cpu()
-    shrink(shrunk, problem.val.inputs[:SHRINK_CHECK_SAMPLES].cpu(), problem.task_names)
+    try:
+        shrink(shrunk, problem.val.sample(CHECK_SAMPLES).inputs.cpu(), problem.task_names)
+    except ShrinkFailed as exc:
+        log.warning("%s; the structural objectives are measured on the unshrunk model", exc)
+        shrunk = copy.deepcopy(model).cpu()
     return costs(shrunk, problem, config)
 
 
-def objective_scales(config: SearchConfig, dense: nn.Module, problem: Problem) -> list[float]:
-    """Per objective, the dense model's value of a minimised cost (1 for the maximised fractions):
-    how :mod:`automtl.pareto` normalises them."""
-    dense_costs = costs(dense, problem, config) | {"nonzero_parameters": sum(p.numel() for p in dense.parameters())}
-    return [float(dense_costs.get(name, 1.0)) for name, _ in objectives(config, problem.task_names)]
+def reference_values(bench: "Bench", dense_val: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """The dense model's value of every objective (``dense_val``: its validation metric per task), and a
+    constant predictor's value of every task metric (the dense model's mean validation output, for every
+    input): how :mod:`automtl.objectives` bounds them."""
+    problem, dense, config = bench.problem, bench.dense.eval(), bench.config
+    outputs, targets = predict(lambda x: task_outputs(dense(x), problem.task_names), problem.val, config.data.batch_size)
+    constant = problem.score({task: value.mean(0, keepdim=True).expand_as(value) for task, value in outputs.items()},
+                             targets)
+    dense_values = {t.objective: dense_val[t.name] for t in problem.tasks}
+    dense_values |= costs(dense, problem, config) | {"nonzero_parameters": sum(p.numel() for p in dense.parameters())}
+    return dense_values, {t.objective: constant[t.name] for t in problem.tasks}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,7 +101,7 @@ class Bench:
     def prepare(cls, config: SearchConfig, run_dir: str | Path, problem: Problem | None = None) -> "Bench":
         """Build the problem and load (or train once and cache) the dense model under ``run_dir/dense``."""
         run_dir = Path(run_dir)
-        problem = problem or config.problem.build(config.seed)
+        problem = problem or config.build_problem()
         spec = problem.default_model.override(**config.model.overrides())
         device = resolve_device(config.backend.device)
         dense = dense_model(problem, spec, TrainConfig(**config.dense.model_dump()), config.seed, run_dir / "dense",
@@ -123,33 +120,18 @@ class Bench:
         return self._placed[device]
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_placed": {}}  # ship the CPU copies only (Ray object store, spawn)
+        """The CPU copies only (Ray's object store, spawn); a problem with Dataset splits goes without its
+        data and is rebuilt from the config where it is unpickled (its factory builds the Datasets)."""
+        return {**self.__dict__, "_placed": {}, "problem": self.problem if self.problem.in_memory else None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, problem=state["problem"] or _rebuilt(state["config"].model_dump_json()))
 
 
-@dataclass
-class TrialResult:
-    values: list[float]
-    sparsity: float
-    compression_ratio: float
-    empty_units: int
-    nonzero_parameters: int
-    total_parameters: int
-    accuracy: dict[str, float]
-    test_accuracy: dict[str, float]
-    final_loss_weights: dict[str, float]
-    structure: dict[str, float]  # flops / latency_ms of the shrunk model, when they are objectives
-    prune_seconds: float
-    fine_tune_seconds: float
-    eval_seconds: float
-    weights: str
-
-    @property
-    def compute_seconds(self) -> float:
-        return self.prune_seconds + self.fine_tune_seconds + self.eval_seconds
-
-    def as_dict(self) -> dict:
-        """Every field, plus ``compute_seconds`` (what is stored on the study's trial)."""
-        return asdict(self) | {"compute_seconds": self.compute_seconds}
+@functools.lru_cache(maxsize=1)
+def _rebuilt(config_json: str) -> Problem:
+    """The problem of a search config, built once per process (Ray unpickles the bench for every trial)."""
+    return SearchConfig.model_validate_json(config_json).build_problem()
 
 
 def weights_path(number: int) -> str:
@@ -183,16 +165,16 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
     make_permanent(model)
     recalibrate_batchnorm(model, ctx.calibration, config.fine_tune.batch_size)
     report = apply(model, [], ctx)  # accounting after fine-tuning (masks held, so unchanged)
-    accuracy = evaluate(model, problem, problem.val)
-    test_accuracy = evaluate(model, problem, problem.test)
+    metrics = evaluate(model, problem, problem.val, config.data.batch_size)
+    test_metrics = evaluate(model, problem, problem.test, config.data.batch_size)
     structure = shrunk_costs(model, problem, config)
     evaluated = time.perf_counter()
-    if any(not math.isfinite(v) for v in (*accuracy.values(), *test_accuracy.values())):
-        raise TrialFailed(f"non-finite accuracy {accuracy}")
+    if any(not math.isfinite(v) for v in (*metrics.values(), *test_metrics.values())):
+        raise TrialFailed(f"non-finite task metric {metrics} (test {test_metrics})")
 
     measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters, **structure}
-    measures |= {f"accuracy.{t}": a for t, a in accuracy.items()}
-    values = [float(measures[name]) for name, _ in objectives(config, problem.task_names)]
+    measures |= {task.objective: metrics[task.name] for task in problem.tasks}
+    values = [float(measures[o.name]) for o in objectives.declared(config, problem)]
     relative = weights_path(number)
     checkpoints.save(bench.run_dir / relative, model.state_dict(), {"trial": number, "plan": plan.as_dict()}, compact=True)
     return TrialResult(
@@ -202,8 +184,8 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
         empty_units=report.empty_units,
         nonzero_parameters=report.nonzero_parameters,
         total_parameters=report.total_parameters,
-        accuracy=accuracy,
-        test_accuracy=test_accuracy,
+        metrics=metrics,
+        test_metrics=test_metrics,
         final_loss_weights=weighting.current(),
         structure=structure,
         prune_seconds=pruned - start,

@@ -69,7 +69,7 @@ def table(name: str, trials: int, rows: list[tuple[str, dict]]) -> list[str]:
     ]
     for label, card in rows:
         p, files, lat, fl = card["parameters"], card["files"], card["latency_ms"], card["flops"]
-        acc = card["test_accuracy"]
+        acc = card["test_metrics"]
         delta = max(abs(acc["exported_pytorch"][t] - acc["search"][t]) for t in acc["search"])
         reduction = fl["dense"] / fl["exported"]
         speedup = lat["dense_onnx"] / lat["exported_onnx"]

@@ -27,16 +27,16 @@ def test_strategies_lists_all_eight_with_threshold_ranges(capsys):
     assert listing["activation"]["structured"] and not listing["magnitude"]["structured"]
 
 
-def test_train_prints_per_task_accuracy_and_reuses_cache(tmp_path, capsys):
+def test_train_prints_per_task_metrics_and_reuses_cache(tmp_path, capsys):
     args = ["train", "multidigits", "-o", "train_pairs=500", "-o", "eval_pairs=100",
             "--hidden", "32", "--epochs", "2", "--cache-dir", str(tmp_path), "--json"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
-    assert set(first["accuracy"]) == {"left", "right"} and not first["cached"]
+    assert set(first["metrics"]) == {"left", "right"} and not first["cached"]
     assert first["model"]["hidden"] == [32]
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
-    assert second["cached"] and second["accuracy"] == first["accuracy"]
+    assert second["cached"] and second["metrics"] == first["metrics"]
 
 
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path):

@@ -16,7 +16,7 @@ def load_text(tmp_path, text, overrides=()):
 
 def test_defaults_and_name_from_file(tmp_path):
     config = load_text(tmp_path, BASE)
-    assert config.name == "space" and config.sampler.name == "tpe" and config.objectives == ["sparsity", "accuracy"]
+    assert config.name == "space" and config.sampler.name == "tpe" and config.objectives == ["sparsity", "metrics"]
     assert config.pruning.strategies["magnitude"].high == 0.3
 
 

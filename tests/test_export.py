@@ -9,6 +9,7 @@ import optuna
 import pytest
 import torch
 
+from automtl.records import TrialRecord
 from automtl.rundir import RunDir
 from tests.test_search import FAST, SMOKE
 from tests.test_tracking import cli
@@ -36,7 +37,7 @@ def test_exported_onnx_reproduces_the_trial_and_is_physically_smaller(searched):
     card = json.loads((out / "card.json").read_text())
     trial = RunDir(searched / "runs" / "smoke").load_study().trials[0]
     assert card["trial"] == 0 and card["plan"]["order"] == ["activation", "magnitude"]
-    assert trial.user_attrs["empty_units"] > 0 and card["removed_units"] > 0
+    assert TrialRecord.from_trial(trial).result.empty_units > 0 and card["removed_units"] > 0
     assert card["parameters"]["exported"] < card["parameters"]["dense"]
     assert card["flops"]["exported"] < card["flops"]["dense"]
     assert card["onnx_vs_pytorch"]["max_abs_diff"] < 1e-4  # export refuses anything beyond allclose(1e-5, 1e-5)
@@ -46,14 +47,14 @@ def test_exported_onnx_reproduces_the_trial_and_is_physically_smaller(searched):
     outputs = session.run(problem.task_names, {"input": problem.test.inputs.numpy()})
     for task, logits in zip(problem.task_names, outputs):
         accuracy = float((np.argmax(logits, 1) == problem.test.targets[task].numpy()).mean())
-        assert accuracy == pytest.approx(trial.user_attrs["test_accuracy"][task], abs=1e-3)
+        assert accuracy == pytest.approx(TrialRecord.from_trial(trial).result.test_metrics[task], abs=1e-3)
     # torch.export program gives the same outputs.
     program = torch.export.load(str(out / "model.pt2")).module()
     with torch.no_grad():
         reference = program(problem.test.inputs[:32])
     np.testing.assert_allclose(reference[0].numpy(), outputs[0][:32], atol=1e-5)
-    int8 = card["test_accuracy"]["exported_onnx_int8"]
-    assert all(abs(int8[t] - card["test_accuracy"]["exported_onnx"][t]) < 0.05 for t in problem.task_names)
+    int8 = card["test_metrics"]["exported_onnx_int8"]
+    assert all(abs(int8[t] - card["test_metrics"]["exported_onnx"][t]) < 0.05 for t in problem.task_names)
     for kind in ("onnx", "onnx_int8", "torch_export", "safetensors"):
         assert (out / card["files"][kind]["path"]).stat().st_size == card["files"][kind]["bytes"]
     assert card["files"]["onnx_int8"]["bytes"] < card["files"]["onnx"]["bytes"]
@@ -63,11 +64,11 @@ def test_pick_rules_and_constraints(searched):
     front = json.loads(cli(searched, "pareto", "runs/smoke", "--json").stdout)
     cli(searched, "export", "runs/smoke", "--pick", "sparsest", "--format", "onnx", "-o", "sparsest")
     assert json.loads((searched / "sparsest" / "card.json").read_text())["trial"] == max(front, key=lambda r: r["sparsity"])["trial"]
-    best = max(front, key=lambda r: r["accuracy"]["left"])
+    best = max(front, key=lambda r: r["metrics"]["left"])
     cli(searched, "export", "runs/smoke", "--pick", "best-left", "--format", "safetensors", "-o", "best")
     assert json.loads((searched / "best" / "card.json").read_text())["trial"] == best["trial"]
-    floor = min(r["accuracy"]["right"] for r in front)
-    cli(searched, "export", "runs/smoke", "--min-accuracy", f"right={floor}", "--format", "onnx", "-o", "knee")
+    floor = min(r["metrics"]["right"] for r in front)
+    cli(searched, "export", "runs/smoke", "--require", f"right>={floor}", "--format", "onnx", "-o", "knee")
     assert json.loads((searched / "knee" / "card.json").read_text())["trial"] in {r["trial"] for r in front}
 
 
@@ -94,7 +95,7 @@ def test_bad_exports_exit_2_and_leave_nothing_behind(searched, tmp_path):
         (["export", tmp_path / "nowhere", "-o", tmp_path / "o1"], "not an automtl run directory"),
         (["export", copy, "--trial", failed, "-o", tmp_path / "o2"], f"trial {failed} is fail, not complete"),
         (["export", copy, "--trial", 999, "-o", tmp_path / "o3"], "trial 999 does not exist"),
-        (["export", copy, "--min-accuracy", "left=1.5", "-o", tmp_path / "o4"], "no Pareto trial meets left>=1.5; closest: trial"),
+        (["export", copy, "--require", "left>=1.5", "-o", tmp_path / "o4"], "no Pareto trial meets left>=1.5; closest: trial"),
         (["export", copy, "--pick", "best-middle", "-o", tmp_path / "o5"], "--pick 'best-middle' is unknown; allowed"),
         (["export", copy, "--format", "tflite", "-o", tmp_path / "o6"], "allowed formats are onnx,torchscript,safetensors"),
         (["export", copy, "--format", "safetensors", "--quantize", "int8", "-o", tmp_path / "o7"], "include onnx"),
@@ -176,13 +177,14 @@ def resnet_search(tmp_path_factory):
 def test_every_pareto_trial_of_a_resnet_search_exports_as_exactly_the_trial_model(resnet_search, tmp_path):
     from automtl import pareto
     from automtl.export import export, load_trial_model
+    from automtl.objectives import of_study
 
     run = RunDir(resnet_search)
     study = run.load_study()
     assert study.user_attrs["objectives"][-2:] == ["flops", "latency_ms"]
-    dense_flops = study.user_attrs["scales"][-2]
+    dense_flops = {o.name: o for o in of_study(study)}["flops"].nadir
     front = pareto.front(study)
-    assert front and any(t.user_attrs["empty_units"] > 0 for t in front)
+    assert front and any(TrialRecord.from_trial(t).result.empty_units > 0 for t in front)
     for trial in front:
         card = export(resnet_search, tmp_path / f"t{trial.number}", trial=trial.number, formats=["onnx"]).card
         model, problem = load_trial_model(run, trial)
@@ -192,9 +194,9 @@ def test_every_pareto_trial_of_a_resnet_search_exports_as_exactly_the_trial_mode
         got = session.run(problem.task_names, {"input": problem.test.inputs.numpy()})
         for task, values in zip(problem.task_names, got):
             np.testing.assert_allclose(values, expected[task].numpy(), rtol=1e-4, atol=1e-4)
-            assert card["test_accuracy"]["exported_pytorch"][task] == pytest.approx(
-                trial.user_attrs["test_accuracy"][task], abs=1e-3)
-        assert card["removed_units"] == trial.user_attrs["empty_units"], "export removes exactly the empty units"
+            assert card["test_metrics"]["exported_pytorch"][task] == pytest.approx(
+                TrialRecord.from_trial(trial).result.test_metrics[task], abs=1e-3)
+        assert card["removed_units"] >= TrialRecord.from_trial(trial).result.empty_units, "every empty unit goes"
         if card["removed_units"]:
             assert card["parameters"]["exported"] < card["parameters"]["dense"]
             assert card["flops"]["exported"] < card["flops"]["dense"] == dense_flops

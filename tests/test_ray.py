@@ -89,7 +89,7 @@ def test_failing_trials_on_ray_are_recorded_with_their_reason(tmp_path):
                "--set", "tracking.enabled=false", env=env)
     study = RunDir(tmp_path / "flaky").load_study()
     reasons = " ".join(t.user_attrs["fail_reason"] for t in study.trials if t.state == TrialState.FAIL)
-    assert "RuntimeError: injected failure" in reasons and "non-finite accuracy" in reasons
+    assert "RuntimeError: injected failure" in reasons and "non-finite task metric" in reasons
     assert len(study.trials) == 9 and any(t.state == TrialState.COMPLETE for t in study.trials)
 
 

@@ -52,7 +52,7 @@ def test_smoke_search_with_two_workers_gives_a_valid_front(smoke_run):
         assert row["order"] and len(set(row["order"])) == len(row["order"]) and set(row["order"]) <= allowed
         assert set(row["thresholds"]) == set(row["order"])
         assert sum(row["loss_weights"].values()) == pytest.approx(1.0)
-        assert 0 <= row["sparsity"] <= 1 and set(row["accuracy"]) == {"left", "right"}
+        assert 0 <= row["sparsity"] <= 1 and set(row["metrics"]) == {"left", "right"}
     # Every non-dominated trial is on the front.
     on_front = {r["trial"] for r in front}
     for number, v in values.items():
@@ -88,7 +88,7 @@ def test_resume_with_a_different_config_names_the_difference(smoke_run):
     result = cli("search", SMOKE, "--run-dir", run_dir, "--resume", *FAST, "--set", "fine_tune.epochs=9", check=False)
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "'fine_tune.epochs' (1 there, 9 now)" in message
-    assert "only trials, timeout, workers, threads, tracking, backend may change" in message
+    assert "only trials, timeout, workers, threads, tracking, backend, data may change" in message
 
 
 def test_a_concurrent_search_on_a_locked_directory_is_refused(smoke_run):

@@ -6,11 +6,12 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
 
+from automtl.records import TrialRecord, TrialResult, failure_attrs
 from automtl import progress, space
 from automtl.config import SearchConfig
 from automtl.rundir import RunDir
@@ -42,7 +43,7 @@ def budget_used(study: optuna.Study) -> int:
     return sum(
         1 for t in study.get_trials(deepcopy=False)
         if t.state != TrialState.WAITING
-        and not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED)
+        and not (t.state == TrialState.FAIL and TrialRecord.from_trial(t).fail_reason == INTERRUPTED)
     )
 
 
@@ -53,7 +54,8 @@ def mark_interrupted(study: optuna.Study, keep: set[int] = frozenset()) -> int:
     storage = study._storage
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in keep]
     for t in stale:
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        for key, value in failure_attrs(INTERRUPTED).items():
+            storage.set_trial_user_attr(t._trial_id, key, value)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     return len(stale)
 
@@ -67,16 +69,20 @@ def recover(study: optuna.Study) -> None:
 
 def record_plan(trial: optuna.Trial, plan: space.TrialPlan, worker: Any) -> None:
     """Store the decoded plan (and who runs it) on the trial."""
-    for key, value in plan.as_dict().items():
+    for key, value in TrialRecord(trial.number, "running", worker=worker, **plan.as_dict()).to_attrs().items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("worker", worker)
 
 
-def record_result(trial: optuna.Trial, result: Mapping[str, Any]) -> None:
-    """Store :meth:`TrialResult.as_dict <automtl.trial.TrialResult.as_dict>` on the trial, objective values aside."""
-    for key, value in result.items():
-        if key != "values":
-            trial.set_user_attr(key, value)
+def record_result(trial: optuna.Trial, result: TrialResult) -> None:
+    """Store a finished trial's result on it (Optuna keeps the objective values when told)."""
+    for key, value in result.to_attrs().items():
+        trial.set_user_attr(key, value)
+
+
+def record_failure(trial: optuna.Trial, reason: str) -> None:
+    """Store why the trial failed (tell Optuna the FAIL state afterwards)."""
+    for key, value in failure_attrs(reason).items():
+        trial.set_user_attr(key, value)
 
 
 @contextmanager

@@ -26,8 +26,8 @@ from optuna.trial import TrialState
 
 from automtl import progress, space, tracking
 from automtl import trial as trial_mod
-from automtl.backends.base import (INTERRUPTED, budget_used, make_sampler, mark_interrupted, record_plan,
-                                   record_result, recover, reporting)
+from automtl.backends.base import (INTERRUPTED, budget_used, make_sampler, mark_interrupted, record_failure,
+                                   record_plan, record_result, recover, reporting)
 from automtl.config import SearchConfig
 from automtl.errors import is_disk_full
 from automtl.rundir import RunDir
@@ -53,20 +53,20 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             record_plan(trial, plan, worker)
             result = trial_mod.run(plan, bench, trial.number)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", INTERRUPTED)
+            record_failure(trial, INTERRUPTED)
             study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the search goes on
             if is_disk_full(exc):  # not the plan's fault: the trial is re-spent on --resume, the search stops
-                trial.set_user_attr("fail_reason", INTERRUPTED)
+                record_failure(trial, INTERRUPTED)
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
+            record_failure(trial, reason)
             log.warning("trial %d failed: %s", trial.number, reason)
             finished = study.tell(trial, state=TrialState.FAIL)
         else:
-            record_result(trial, result.as_dict())
+            record_result(trial, result)
             finished = study.tell(trial, result.values)
         if tracker:
             tracker.log_trial(finished)

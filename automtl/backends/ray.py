@@ -45,11 +45,13 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from automtl import progress, space, tracking
+from automtl import objectives, progress, space, tracking
 from automtl import trial as trial_mod
-from automtl.backends.base import (budget_used, make_sampler, mark_interrupted, record_plan, record_result,
+from automtl.backends.base import (budget_used, make_sampler, mark_interrupted, record_failure, record_plan,
+                                   record_result,
                                    recover, reporting)
 from automtl.config import SearchConfig
+from automtl.records import TrialRecord, TrialResult
 from automtl.errors import UserError
 from automtl.rundir import RunDir
 
@@ -116,12 +118,13 @@ class StudySearcher(OptunaSearch):
             return
         payload = json.loads(result[RESULT]) if result and result.get(RESULT) else None
         if payload is not None:
-            record_result(ot_trial, payload)
+            record_result(ot_trial, TrialResult.from_attrs(payload["values"], payload["attrs"]))
+            ot_trial.set_user_attr("worker", payload["worker"])
             self._ot_study.tell(ot_trial, payload["values"])
             return
         reason = (result or {}).get(FAILED) or (
             f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})")
-        ot_trial.set_user_attr("fail_reason", reason)
+        record_failure(ot_trial, reason)
         log.warning("trial %d failed: %s", ot_trial.number, reason)
         self._ot_study.tell(ot_trial, state=TrialState.FAIL)
 
@@ -161,27 +164,27 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
     torch.set_num_threads(max(1, int(bench.config.backend.cpus_per_trial)))
     started = datetime.now()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    metrics = {name: math.nan for name, _ in trial_mod.objectives(bench.config, bench.task_names)}
-    attrs: dict[str, Any] = {**plan.as_dict(), "worker": worker}
+    metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)}
+    record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
     try:
         if not bench.run_dir.is_dir():
             raise trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
                                         "put it on storage every node mounts (docs/cluster.md)")
-        result = trial_mod.run(plan, bench, number).as_dict() | {"worker": worker}
+        result = trial_mod.run(plan, bench, number)
     except Exception as exc:  # noqa: BLE001 - the failure is recorded on the trial, the search goes on
-        attrs["fail_reason"] = f"{type(exc).__name__}: {exc}"
-        state, values = TrialState.FAIL, None
-        tune.report(metrics | {FAILED: attrs["fail_reason"]})
+        record = replace(record, state="fail", fail_reason=f"{type(exc).__name__}: {exc}")
+        tune.report(metrics | {FAILED: record.fail_reason})
     else:
-        attrs |= {k: v for k, v in result.items() if k != "values"}
-        state, values = TrialState.COMPLETE, result["values"]
-        tune.report(metrics | dict(zip(metrics, values)) | {RESULT: json.dumps(result)})
+        record = replace(record, state="complete", values=tuple(result.values), result=result)
+        payload = {"values": result.values, "attrs": result.to_attrs(), "worker": worker}
+        tune.report(metrics | dict(zip(metrics, result.values)) | {RESULT: json.dumps(payload)})
     tracker = _tracker(tracking_attrs)
     if tracker:
         tracker.log_trial(FrozenTrial(
-            number=number, state=state, value=None, values=values, datetime_start=started,
-            datetime_complete=datetime.now(), params={}, distributions={}, user_attrs=attrs, system_attrs={},
-            intermediate_values={}, trial_id=-1,
+            number=number, state=TrialState[record.state.upper()], value=None,
+            values=list(record.values) if record.values else None, datetime_start=started,
+            datetime_complete=datetime.now(), params={}, distributions={}, user_attrs=record.to_attrs(),
+            system_attrs={}, intermediate_values={}, trial_id=-1,
         ))
 
 

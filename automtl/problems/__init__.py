@@ -18,7 +18,7 @@ import pydantic
 from automtl.errors import UserError
 from automtl.problems import plugin
 from automtl.metrics import accuracy
-from automtl.problems.base import Problem, Split, Task
+from automtl.problems.base import DatasetSplit, Problem, ProblemError, Split, Task
 from automtl.problems.mnist1d_pair import mnist1d_pair
 from automtl.problems.multidigits import multidigits
 from automtl.problems.multimnist import multimnist
@@ -57,6 +57,8 @@ def _call(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> An
         raise UserError(
             f"problem {name!r} option {field!r}: {err['msg']} (got {err.get('input')!r})"
         ) from None
+    except ProblemError as exc:  # what the factory built does not fit the contract
+        raise UserError(f"{name}: {exc}") from None
 
 
 def get_problem(name: str, seed: int | None = None, **options: Any) -> Problem:
@@ -79,4 +81,5 @@ def get_problem(name: str, seed: int | None = None, **options: Any) -> Problem:
     return plugin.check_problem(name, _call(name, factory, options))
 
 
-__all__ = ["PROBLEMS", "Problem", "ProblemEntry", "Split", "Task", "accuracy", "get_problem"]
+__all__ = ["PROBLEMS", "DatasetSplit", "Problem", "ProblemEntry", "ProblemError", "Split", "Task", "accuracy",
+           "get_problem"]

@@ -19,7 +19,7 @@ def test_raising_nan_and_out_of_memory_trials_are_recorded_and_the_search_goes_o
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     reasons = [t.user_attrs["fail_reason"] for t in failed]
     assert any(r == "RuntimeError: injected failure" for r in reasons)
-    assert any(r.startswith("TrialFailed: non-finite accuracy") for r in reasons)
+    assert any(r.startswith("TrialFailed: non-finite task metric") for r in reasons)
     assert any(r.startswith("OutOfMemoryError: CUDA out of memory") for r in reasons)
     assert len(study.trials) == 12 and any(t.state == TrialState.COMPLETE for t in study.trials)
     tally["failing trials injected"] += len(failed)

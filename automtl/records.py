@@ -1,0 +1,124 @@
+"""What a study stores on each trial: the one reader and writer of a trial's Optuna user attributes.
+
+A trial carries its decoded plan (strategy order, thresholds, loss weighting,
+distillation) and the worker that ran it from the moment it starts; its
+:class:`TrialResult` once it finished; a ``fail_reason`` if it failed.
+:meth:`TrialRecord.from_trial` reads all of it (run directories written before
+task metrics had names, with ``accuracy`` / ``test_accuracy``, still load);
+:meth:`TrialRecord.to_attrs` and :meth:`TrialResult.to_attrs` write it. Views
+(Pareto analysis, plots, MLflow, the dashboard, export, the CLI) read records,
+never ``user_attrs`` by string.
+
+Example:
+    >>> record = TrialRecord(number=3, state="complete", order=["magnitude"], thresholds={"magnitude": 0.1})
+    >>> TrialRecord.from_attrs(3, "complete", None, record.to_attrs()).order
+    ['magnitude']
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from optuna.trial import FrozenTrial
+
+FAIL_REASON = "fail_reason"
+LEGACY_KEYS = {"metrics": "accuracy", "test_metrics": "test_accuracy"}  # names before tasks had metric names
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What running one plan measured: objective values, accounting, per-task metrics, timings, weights."""
+
+    values: list[float]
+    sparsity: float
+    compression_ratio: float
+    empty_units: int
+    nonzero_parameters: int
+    total_parameters: int
+    metrics: dict[str, float]  # validation metric per task (the objectives)
+    test_metrics: dict[str, float]  # test metric per task (for the record)
+    final_loss_weights: dict[str, float]
+    structure: dict[str, float]  # flops / latency_ms of the shrunk model, when they are objectives
+    prune_seconds: float
+    fine_tune_seconds: float
+    eval_seconds: float
+    weights: str  # the pruned weights, relative to the run directory
+
+    @property
+    def compute_seconds(self) -> float:
+        return self.prune_seconds + self.fine_tune_seconds + self.eval_seconds
+
+    def to_attrs(self) -> dict[str, Any]:
+        """Every field but the objective values (Optuna keeps those), plus ``compute_seconds``."""
+        attrs = {k: v for k, v in asdict(self).items() if k != "values"}
+        return attrs | {"compute_seconds": self.compute_seconds}
+
+    @classmethod
+    def from_attrs(cls, values: list[float], attrs: Mapping[str, Any]) -> "TrialResult":
+        read = {f.name: attrs.get(f.name, attrs.get(LEGACY_KEYS.get(f.name, ""))) for f in fields(cls)}
+        return cls(**read | {"values": list(values), "structure": read["structure"] or {},
+                             "final_loss_weights": read["final_loss_weights"] or {}})
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as the views read it: number, state, objective values, plan, worker, result or failure."""
+
+    number: int
+    state: str  # Optuna's state, lower case: complete, running, fail, waiting, pruned
+    values: tuple[float, ...] | None = None
+    order: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    loss_method: str | None = None
+    loss_weights: dict[str, float] | None = None
+    distillation: float = 0.0
+    worker: str | None = None
+    result: TrialResult | None = None
+    fail_reason: str | None = None
+
+    PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation")
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> "TrialRecord":
+        return cls.from_attrs(trial.number, trial.state.name.lower(), trial.values, trial.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, number: int, state: str, values, attrs: Mapping[str, Any]) -> "TrialRecord":
+        result = TrialResult.from_attrs(values, attrs) if values is not None and "sparsity" in attrs else None
+        plan = {k: attrs[k] for k in cls.PLAN if attrs.get(k) is not None}
+        return cls(number, state, tuple(values) if values is not None else None, **plan,
+                   worker=attrs.get("worker"), result=result, fail_reason=attrs.get(FAIL_REASON))
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The user attributes this record stores (its plan, worker, result, failure)."""
+        attrs: dict[str, Any] = {k: getattr(self, k) for k in self.PLAN}
+        if self.worker is not None:
+            attrs["worker"] = self.worker
+        if self.result is not None:
+            attrs |= self.result.to_attrs()
+        if self.fail_reason is not None:
+            attrs[FAIL_REASON] = self.fail_reason
+        return attrs
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.PLAN}
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete" and self.result is not None
+
+    def weight_of(self, task: str) -> float:
+        """The task's loss weight: searched, or the learned final weight of a dynamic method."""
+        weights = self.loss_weights or (self.result.final_loss_weights if self.result else {}) or {}
+        return weights.get(task, 0.0)
+
+
+def records(trials: list[FrozenTrial]) -> list[TrialRecord]:
+    return [TrialRecord.from_trial(t) for t in trials]
+
+
+def failure_attrs(reason: str) -> dict[str, str]:
+    """The attributes that mark a trial failed, and why."""
+    return {FAIL_REASON: reason}
