@@ -5,7 +5,8 @@ Each sample overlays a left digit at ``[0:8, 0:8]`` and a right digit at
 ``[off:8+off, off:8+off]`` on an ``(8+off)^2`` canvas (pixel max); the tasks
 ``left`` and ``right`` classify each digit (10 classes); the regression task
 ``sum`` (option ``tasks: [left, right, sum]``) predicts the sum of the two
-digits, 0 to 18, scored by mean squared error (minimised). ``off=2`` (default)
+digits divided by its maximum 18 (so in [0, 1], on the scale of the other
+losses), scored by mean squared error (minimised). ``off=2`` (default)
 overlaps heavily and is hard; larger offsets are easier.
 """
 
@@ -28,7 +29,7 @@ TASKS = {
 
 
 def _with_tasks(split: Split, tasks: list[str]) -> Split:
-    targets = {**split.targets, "sum": (split.targets["left"] + split.targets["right"]).float()}
+    targets = {**split.targets, "sum": (split.targets["left"] + split.targets["right"]).float() / 18}
     return Split(split.inputs, {name: targets[name] for name in tasks}, split.meta)
 
 
