@@ -9,9 +9,14 @@
 * ``ray``: per-trial overhead of the Ray Tune backend vs the local backend,
   both running the same replayed plans two at a time with one thread each;
 * ``gpu`` (needs a GPU): Ray trials per minute with ``--gpus-per-trial 0.25``
-  (four trials share the GPU) vs ``1``.
+  (four trials share the GPU) vs ``1``;
+* ``baseline``: automtl vs the hand-written peer baseline (``benchmarks/baseline.py``)
+  given the same wall-clock, per seed and problem: hypervolume of (sparsity, test
+  metric per task) at references 0, 0.5 and 0.8, and the highest sparsity whose
+  test metrics all reach 0.80, 0.85, 0.90 or the dense model's minus 1 point.
 
-    python benchmarks/search.py [--parts local,ray,gpu] [--trials 60] [--seeds 3] [--speed-trials 40]
+    python benchmarks/search.py [--parts local,ray,gpu,baseline] [--trials 60] [--seeds 3] [--speed-trials 40]
+                                [--problems multidigits,mnist1d-pair]
 """
 
 from __future__ import annotations
@@ -22,16 +27,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import moocore
+import numpy as np
+import yaml
 from optuna.trial import TrialState
 
-import yaml
-
+import baseline
 from _report import publish
 from automtl import api, pareto
 from automtl.config import read_yaml
+from automtl.objectives import dense_metrics, of_study
+from automtl.records import TrialRecord, records
 from automtl.rundir import RunDir
 
-CONFIG = Path(__file__).resolve().parent.parent / "search_spaces" / "multidigits.yaml"
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+CONFIG = SPACES / "multidigits.yaml"
+REFERENCES = (0.0, 0.5, 0.8)
+FLOORS = (0.80, 0.85, 0.90)
 
 
 def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
@@ -47,22 +59,21 @@ def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
 def replay_config(root: Path, study) -> Path:
     """multidigits.yaml with every trial of ``study`` enqueued, so another run does the same work."""
     raw = read_yaml(CONFIG.read_text())
-    keys = ("order", "thresholds", "loss_method", "loss_weights", "distillation")
-    raw["enqueue"] = [{k: t.user_attrs[k] for k in keys} for t in sorted(study.trials, key=lambda t: t.number)]
+    raw["enqueue"] = [TrialRecord.from_trial(t).plan for t in sorted(study.trials, key=lambda t: t.number)]
     path = root / "replay.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 def compute(study) -> float:
-    return sum(t.user_attrs.get("compute_seconds", 0.0) for t in study.trials)
+    return sum(r.result.compute_seconds for r in records(study.trials) if r.result)
 
 
 def hv_after(study, n: int) -> float:
     """Hypervolume of the front of the first ``n`` trials (by number)."""
     trials = [t for t in study.trials if t.state == TrialState.COMPLETE and t.number < n]
     front = [t for t in trials if not any(_dominates(o.values, t.values) for o in trials)]
-    return pareto.hypervolume(front, *pareto.directions_of(study))
+    return pareto.hypervolume(front, of_study(study))
 
 
 def _dominates(a, b) -> bool:
@@ -140,7 +151,7 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
     local_ms, ray_ms = _overhead_ms(local, wall_local, 2), _overhead_ms(on_ray, wall_ray, 2)
     first = sorted(on_ray.trials, key=lambda t: t.number)[:2]
     first_wait = statistics.mean((t.datetime_complete - t.datetime_start).total_seconds()
-                                 - t.user_attrs["compute_seconds"] for t in first)
+                                 - TrialRecord.from_trial(t).result.compute_seconds for t in first)
     lines = [
         "## Ray Tune backend vs local backend (`benchmarks/search.py --parts ray`)", "",
         f"multidigits.yaml, {n} trials replayed from one default search (`enqueue`), so both backends do the same "
@@ -185,7 +196,61 @@ def gpu_part(root: Path, args: argparse.Namespace) -> None:
     publish("search-gpu", lines, f"python benchmarks/search.py --parts gpu --speed-trials {n}", started)
 
 
-PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part}
+def quality(points: list[tuple[float, dict[str, float]]], dense: dict[str, float]) -> dict[str, float]:
+    """Hypervolumes at REFERENCES and the highest sparsity at each accuracy floor (test metrics)."""
+    values = np.array([[s, *m.values()] for s, m in points]).reshape(len(points), 1 + len(dense))
+    measured = {}
+    for ref in REFERENCES:
+        above = values[(values > ref).all(axis=1)]
+        measured[f"HV@{ref:g}"] = float(moocore.hypervolume(above, ref=np.full(values.shape[1], ref), maximise=True)
+                                         ) if len(above) else 0.0
+    floors = {f"{f:.0%}": {t: f for t in dense} for f in FLOORS} | {"dense-1pt": {t: v - 0.01 for t, v in dense.items()}}
+    for label, floor in floors.items():
+        meeting = [s for s, m in points if all(m[t] >= floor[t] for t in floor)]
+        measured[label] = max(meeting, default=0.0)
+    return measured
+
+
+def baseline_part(root: Path, args: argparse.Namespace) -> None:
+    """automtl vs the hand-written baseline at equal wall-clock: section ``search-baseline``."""
+    started = time.perf_counter()
+    rows = []
+    for name in args.problems.split(","):
+        for seed in range(args.seeds):
+            run = f"{name}-{seed}"
+            study, wall = search(root, run, [f"seed={seed}", f"trials={args.trials}", "tracking.enabled=false"],
+                                 SPACES / f"{name}.yaml")
+            auto = [(r.result.sparsity, r.result.test_metrics) for r in records(pareto.completed(study))]
+            points = baseline.run(root / run, wall, seed)
+            dense = dense_metrics(study.user_attrs)
+            rows.append((name, seed, wall, len(auto), len(points), quality(auto, dense),
+                         quality([(p.sparsity, p.test_metrics) for p in points], dense)))
+            print(rows[-1], flush=True)
+    keys = list(rows[0][5])
+    lines = [
+        "## automtl vs the hand-written baseline (`benchmarks/search.py --parts baseline`)", "",
+        f"Each automtl search ({args.trials} trials of the problem's search space) against `benchmarks/baseline.py` "
+        "(Optuna TPE over a global-magnitude amount and task weights, the same fine-tune) given the automtl "
+        "search's trial-loop wall-clock, on the same data and dense model. Test metrics; every cell is "
+        "automtl / baseline. HV@r: hypervolume of (sparsity, each task's accuracy) above the reference point "
+        "(r, r, …); a floor column: the highest sparsity whose test accuracies all reach it.", "",
+        "| problem | seed | wall | trials | " + " | ".join(keys) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(keys),
+        *[f"| {n} | {s} | {w:.0f} s | {a} / {b} | " + " | ".join(
+            f"{qa[k]:.3f} / {qb[k]:.3f}" if k.startswith("HV") else f"{qa[k]:.1%} / {qb[k]:.1%}" for k in keys) + " |"
+          for n, s, w, a, b, qa, qb in rows],
+    ]
+    for name in dict.fromkeys(r[0] for r in rows):
+        mine = [r for r in rows if r[0] == name]
+        means = {k: (statistics.mean(r[5][k] for r in mine), statistics.mean(r[6][k] for r in mine)) for k in keys}
+        lines.append(f"| {name} | mean | | | " + " | ".join(
+            f"**{a:.3f} / {b:.3f}**" if k.startswith("HV") else f"**{a:.1%} / {b:.1%}**" for k, (a, b) in means.items())
+            + " |")
+    publish("search-baseline", lines, f"python benchmarks/search.py --parts baseline --problems {args.problems} "
+            f"--trials {args.trials} --seeds {args.seeds}", started)
+
+
+PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part}
 
 
 def main() -> None:
@@ -194,6 +259,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--speed-trials", type=int, default=40)
+    parser.add_argument("--problems", default="multidigits,mnist1d-pair", help="search spaces of the baseline part")
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS)

@@ -1,0 +1,106 @@
+"""The peer baseline: the search a user writes by hand, given the same data, dense model and time.
+
+Optuna's multi-objective TPE over two things only — the amount of global
+magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with
+``L1Unstructured`` over every hidden Linear/Conv weight; task heads stay dense,
+as automtl's default) and task-loss weights (one number per task, normalised)
+— then the same fine-tune as the automtl search (Adam, its epochs, learning
+rate and batch size) and the same evaluation. It starts no trial once
+``seconds`` are spent. Sparsity is counted with automtl's definition (zero
+weights and biases of the hidden layers, :mod:`automtl.pruning.pipeline`), so
+both fronts are measured alike.
+
+    python benchmarks/baseline.py --run-dir RUN_DIR [--seconds 60] [--seed 0]
+
+``RUN_DIR`` is an automtl run directory: its config and cached dense model are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from torch.nn.utils import prune
+
+from automtl.models import task_outputs
+from automtl.pruning import PruneContext
+from automtl.rundir import RunDir
+from automtl.train import evaluate
+from automtl.trial import Bench
+
+
+@dataclass
+class Point:
+    """One finished baseline trial: sparsity and each task's validation and test metric."""
+
+    sparsity: float
+    metrics: dict[str, float]
+    test_metrics: dict[str, float]
+
+
+def _fine_tune(model, problem, settings, weights: dict[str, float], seed: int) -> None:
+    """The fine-tune a user writes: Adam over the weighted sum of the task losses."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(settings.epochs):
+        for inputs, targets in problem.train.batches(settings.batch_size, generator):
+            outputs = task_outputs(model(inputs), problem.task_names)
+            loss = sum(weights[t.name] * t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def run(run_dir: str | Path, seconds: float, seed: int = 0) -> list[Point]:
+    """Search by hand for ``seconds`` on the problem and dense model of an automtl run directory."""
+    config = RunDir(run_dir).require().load_config()
+    bench = Bench.prepare(config, run_dir)
+    problem, dense = bench.problem, bench.dense
+    ctx = PruneContext.create(copy.deepcopy(dense), problem, calibration_size=8)
+    hidden = [layer.name for layer in ctx.layers if not layer.is_output]
+    points: list[Point] = []
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        amount = trial.suggest_float("amount", 0.0, 0.995)
+        raw = {t: trial.suggest_float(f"weight_{t}", 0.0, 1.0) for t in problem.task_names}
+        weights = {t: w / max(sum(raw.values()), 1e-9) for t, w in raw.items()}
+        model = copy.deepcopy(dense)
+        prune.global_unstructured([(model.get_submodule(name), "weight") for name in hidden],
+                                  pruning_method=prune.L1Unstructured, amount=amount)
+        _fine_tune(model, problem, config.fine_tune, weights, seed + trial.number)
+        for name in hidden:
+            prune.remove(model.get_submodule(name), "weight")
+        kept = [p.detach() for name in hidden for p in model.get_submodule(name).parameters()]
+        sparsity = sum(int(p.eq(0).sum()) for p in kept) / sum(p.numel() for p in kept)
+        point = Point(sparsity, evaluate(model, problem, problem.val), evaluate(model, problem, problem.test))
+        points.append(point)
+        return [sparsity, *point.metrics.values()]
+
+    study = optuna.create_study(directions=["maximize"] * (1 + len(problem.tasks)),
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, timeout=seconds)
+    return points
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    points = run(args.run_dir, args.seconds, args.seed)
+    print(json.dumps({"trials": len(points), "seconds": time.perf_counter() - started,
+                      "points": [p.__dict__ for p in points]}))
+
+
+if __name__ == "__main__":
+    main()
