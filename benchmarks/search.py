@@ -237,14 +237,14 @@ def baseline_part(root: Path, args: argparse.Namespace) -> None:
         "| problem | seed | wall | trials | " + " | ".join(keys) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(keys),
         *[f"| {n} | {s} | {w:.0f} s | {a} / {b} | " + " | ".join(
-            f"{qa[k]:.3f} / {qb[k]:.3f}" if k.startswith("HV") else f"{qa[k]:.1%} / {qb[k]:.1%}" for k in keys) + " |"
+            f"{qa[k]:.4g} / {qb[k]:.4g}" if k.startswith("HV") else f"{qa[k]:.1%} / {qb[k]:.1%}" for k in keys) + " |"
           for n, s, w, a, b, qa, qb in rows],
     ]
     for name in dict.fromkeys(r[0] for r in rows):
         mine = [r for r in rows if r[0] == name]
         means = {k: (statistics.mean(r[5][k] for r in mine), statistics.mean(r[6][k] for r in mine)) for k in keys}
         lines.append(f"| {name} | mean | | | " + " | ".join(
-            f"**{a:.3f} / {b:.3f}**" if k.startswith("HV") else f"**{a:.1%} / {b:.1%}**" for k, (a, b) in means.items())
+            f"**{a:.4g} / {b:.4g}**" if k.startswith("HV") else f"**{a:.1%} / {b:.1%}**" for k, (a, b) in means.items())
             + " |")
     publish("search-baseline", lines, f"python benchmarks/search.py --parts baseline --problems {args.problems} "
             f"--trials {args.trials} --seeds {args.seeds}", started)
