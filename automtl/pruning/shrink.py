@@ -105,9 +105,10 @@ def _prune_fn(module: nn.Module):
     return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
 
 
-def _candidates(model: nn.Module, check_inputs: Tensor, task_names: list[str], report: ShrinkReport
+def _candidates(model: nn.Module, check_inputs: Tensor, expected: dict[str, Tensor], report: ShrinkReport
                 ) -> list[tuple[UnitGroup, list[int]]]:
-    """Per group, the units whose zeroing leaves the outputs on ``check_inputs`` unchanged."""
+    """Per group, the units whose zeroing leaves the outputs on ``check_inputs`` (``expected``) unchanged."""
+    task_names = list(expected)
     sample = check_inputs[:2]
     try:
         layers = discover(model, sample, task_names)
@@ -115,7 +116,6 @@ def _candidates(model: nn.Module, check_inputs: Tensor, task_names: list[str], r
     except Exception as exc:  # noqa: BLE001 - a model Torch-Pruning cannot trace keeps every unit
         report.kept_whole["model"] = f"Torch-Pruning cannot trace it ({type(exc).__name__}: {exc})"
         return []
-    expected = outputs(model, check_inputs, task_names)
     acts = unit_activations(model, found.groups, check_inputs, magnitude=True)
     trial = copy.deepcopy(model)
     accepted = []
@@ -141,7 +141,7 @@ def shrink(model: nn.Module, check_inputs: Tensor, task_names: list[str]) -> Shr
     model.eval()
     report = ShrinkReport()
     expected = outputs(model, check_inputs, task_names)
-    accepted = _candidates(model, check_inputs, task_names, report)
+    accepted = _candidates(model, check_inputs, expected, report)
     if not accepted:
         return report
     try:
