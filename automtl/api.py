@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import optuna
 
 from automtl import config as config_mod
-from automtl import objectives, pareto, progress, report, tracking
+from automtl import focus, objectives, pareto, progress, report, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
@@ -160,9 +160,9 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
              "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12]}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
-    for plan in config.enqueue:
+    for plan in [*config.seed_plans(problem.task_names), *config.enqueue]:
         method = plan.loss_method or config.loss_weights.methods[0]
-        decoded = TrialPlan(plan.order, plan.thresholds, method, plan.loss_weights, plan.distillation)
+        decoded = TrialPlan(plan.order, plan.thresholds, method, plan.loss_weights, plan.distillation, plan.lr)
         study.enqueue_trial(encode(decoded, config, problem.task_names))
     return study
 
@@ -176,6 +176,8 @@ def _describe_dense(study: optuna.Study, bench: Bench) -> None:
     dense_val = evaluate(bench.dense, problem, problem.val, batch)
     study.set_user_attr("dense_val_metrics", dense_val)
     declared = objectives.of_study(study)
+    if bench.config.focus:
+        study.set_user_attr(focus.FOCUS, focus.floors(bench.config.focus.min_relative, declared, dense_val))
     if "objective_specs" not in study.user_attrs or objectives.bounded(declared):
         return
     try:

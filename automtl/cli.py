@@ -68,19 +68,23 @@ def cmd_strategies(args: argparse.Namespace) -> None:
     listing = {
         name: {
             "threshold": s.threshold.symbol, "low": s.threshold.low, "high": s.threshold.high,
-            "meaning": s.threshold.meaning, "structured": s.structured, "summary": s.summary(),
+            "meaning": s.threshold.meaning, "structured": s.structured, "calibrated": s.threshold.calibrated,
+            "summary": s.summary(),
         }
         for name, s in sorted(STRATEGIES.items())
     }
     if args.json:
         print(json.dumps(listing))
         return
-    table = Table("strategy", "kind", "threshold", "range", "meaning")
+    table = Table("strategy", "kind", "threshold", "range", "scale", "meaning")
     for name, row in listing.items():
         kind = "structured" if row["structured"] else "unstructured"
-        table.add_row(name, kind, row["threshold"], f"[{row['low']:g}, {row['high']:g}]", row["meaning"])
+        scale = "share removed" if row["calibrated"] else "score cut"
+        table.add_row(name, kind, row["threshold"], f"[{row['low']:g}, {row['high']:g}]", scale, row["meaning"])
     console.print(table)
-    console.print("Higher thresholds never remove less. Details: docs/strategies.md")
+    console.print("Higher thresholds never remove less. A 'share removed' threshold is calibrated: it is the share of "
+                  "the remaining weights or units removed, on any model; a 'score cut' removes what scores below it. "
+                  "Details: docs/strategies.md", soft_wrap=True)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -182,6 +186,10 @@ def cmd_status(args: argparse.Namespace) -> None:
     console.print(f"budget {status['budget']}; front {status['front_size']} trials, hypervolume "
                   f"{status['hypervolume']:.4f}; {status['compute_seconds']:.0f}s of trial compute over "
                   f"{status['elapsed_seconds']:.0f}s", soft_wrap=True)
+    if status["focus"]:
+        floors = ", ".join(f"{task} {floor:.4g}" for task, floor in status["focus"].items())
+        console.print(f"in focus (floors {floors}): {status['in_focus']} of {status['counts']['complete']} complete "
+                      f"trials, {status['front_in_focus']} of {status['front_size']} front trials", soft_wrap=True)
     if status["failures"]:
         failed = Table("failed trials", "reason", title="failures")
         for reason, numbers in status["failures"].items():

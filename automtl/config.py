@@ -24,6 +24,7 @@ from automtl.models import ARCHITECTURES
 from automtl.problems import Problem, get_problem
 from automtl.pruning import STRATEGIES
 from automtl.pruning.base import AGGREGATES, HEADS
+from automtl.train import SCHEDULES, TrainConfig
 from automtl.weighting import WEIGHTINGS
 
 class Loader(yaml.SafeLoader):
@@ -49,6 +50,7 @@ LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 # "metrics": every task's metric (accuracy, mse, ...); "accuracy" is its older name.
 OBJECTIVES = ("sparsity", "metrics", "parameters", "flops", "latency_ms")
+SEED_STRATEGY = "global_magnitude"
 RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend", "data")
 
 
@@ -107,9 +109,72 @@ class ModelConfig(Strict):
 
 
 class TrainSettings(Strict):
+    """Adam for ``epochs``; ``schedule``: the learning rate stays ``lr`` (constant) or decays to zero
+    along a cosine over the whole run, stepped every batch (cosine)."""
+
     epochs: PositiveInt
     lr: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128
+    schedule: Literal[SCHEDULES] = "constant"
+
+    def train(self, lr: float | None = None) -> TrainConfig:
+        """The :class:`~automtl.train.TrainConfig` of these settings."""
+        fields = self.model_dump(include=set(TrainConfig.__dataclass_fields__) - {"lr"})
+        return TrainConfig(**fields, lr=self.lr if lr is None else lr)
+
+
+class GradualConfig(Strict):
+    """Reach the plan's masks gradually: ``steps`` pruning steps spread over the first ``epochs`` of
+    fine-tuning, removing the cubic schedule's share of what the plan removes (smallest |w| first)."""
+
+    epochs: PositiveFloat = 1.0
+    steps: PositiveInt = 8
+
+
+class FineTuneSettings(TrainSettings):
+    """The fine-tune of every trial (its full fidelity when rungs stop trials early); ``lr`` may be a
+    searched range (each trial's plan then carries its own learning rate)."""
+
+    lr: PositiveFloat | Range = 1e-3
+    gradual: GradualConfig | None = None
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_range(cls, value):
+        if isinstance(value, Range) and value.low <= 0:
+            raise ValueError(f"a learning-rate range needs low > 0, got {value.low}")
+        return value
+
+    def train(self, lr: float | None = None) -> TrainConfig:
+        """The :class:`~automtl.train.TrainConfig` of a trial with learning rate ``lr`` (default: the fixed
+        one, or the geometric middle of the searched range)."""
+        middle = self.lr if isinstance(self.lr, float) else math.sqrt(self.lr.low * self.lr.high)
+        return super().train(middle if lr is None else lr)
+
+
+class RungsConfig(Strict):
+    """Multi-fidelity (MO-ASHA's stopping rule): a trial is judged after ``min_epochs`` fine-tune epochs,
+    then after every ``reduction``-fold more, and goes on only while it ranks in the best 1/``reduction``
+    (non-dominated rank, then crowding distance) of every trial judged at that rung."""
+
+    min_epochs: PositiveInt = 1
+    reduction: int = Field(3, ge=2)
+
+    def milestones(self, epochs: int) -> list[int]:
+        """The epochs at which a trial of an ``epochs``-epoch fine-tune is judged, the last being ``epochs``."""
+        marks, mark = [], self.min_epochs
+        while mark < epochs:
+            marks.append(mark)
+            mark *= self.reduction
+        return [*marks, epochs]
+
+
+class FocusConfig(Strict):
+    """Floors on every task metric relative to the dense model (validation): a trial is feasible when each
+    maximised metric is at least ``min_relative`` x dense and each minimised one at most dense / ``min_relative``.
+    Samplers that take constraints (tpe, nsga2, nsga3, gp) steer towards feasible trials."""
+
+    min_relative: float = Field(gt=0.0, le=1.0)
 
 
 class DataConfig(Strict):
@@ -210,6 +275,7 @@ class PlanConfig(Strict):
     loss_method: str | None = None
     loss_weights: dict[str, float] | None = None
     distillation: float = 0.0
+    lr: PositiveFloat | None = None  # the fine-tune's learning rate, when it is searched (else the config's)
 
 
 class LatencyConfig(Strict):
@@ -259,7 +325,9 @@ class SearchConfig(Strict):
     problem: ProblemConfig = ProblemConfig()
     model: ModelConfig = ModelConfig()
     dense: TrainSettings = TrainSettings(epochs=20)
-    fine_tune: TrainSettings = TrainSettings(epochs=3)
+    fine_tune: FineTuneSettings = FineTuneSettings(epochs=3)
+    rungs: RungsConfig | None = None
+    focus: FocusConfig | None = None
     data: DataConfig = DataConfig()
     pruning: PruningConfig
     loss_weights: LossWeightsConfig = LossWeightsConfig()
@@ -268,6 +336,9 @@ class SearchConfig(Strict):
     latency: LatencyConfig = LatencyConfig()
     sampler: SamplerConfig = SamplerConfig()
     enqueue: list[PlanConfig] = Field(default_factory=list)
+    # Global-magnitude shares (0.9 = 90 % of the hidden weights) evaluated first, with equal task weights:
+    # the plans a hand-written search would try, so the front starts where such a search ends.
+    seed_front: list[float] = Field(default_factory=list)
     tracking: TrackingConfig = TrackingConfig()
     backend: BackendConfig = BackendConfig()
     # An Optuna RDB storage for the study (SQLAlchemy URL, e.g. postgresql://user@host/db); null = the run
@@ -296,7 +367,46 @@ class SearchConfig(Strict):
                 raise ValueError(f"{where}.loss_method {method!r} is not among {self.loss_weights.methods}")
             if method == "simplex" and not plan.loss_weights:
                 raise ValueError(f"{where}.loss_weights are needed with the simplex method")
+            lr = self.fine_tune.lr
+            if plan.lr is not None and not (isinstance(lr, Range) and lr.low <= plan.lr <= lr.high):
+                raise ValueError(f"{where}.lr {plan.lr} needs fine_tune.lr to be a range that holds it, got {lr}")
         return self
+
+    @model_validator(mode="after")
+    def _fidelity(self) -> "SearchConfig":
+        epochs = self.fine_tune.epochs
+        if self.rungs and self.rungs.min_epochs >= epochs:
+            raise ValueError(f"rungs.min_epochs {self.rungs.min_epochs} must be below fine_tune.epochs {epochs}")
+        gradual = self.fine_tune.gradual
+        end = self.rungs.min_epochs if self.rungs else epochs
+        if gradual and gradual.epochs > end:
+            raise ValueError(f"fine_tune.gradual.epochs {gradual.epochs:g} must be at most "
+                             f"{'rungs.min_epochs' if self.rungs else 'fine_tune.epochs'} ({end}): trials are "
+                             "judged with the plan's masks in place")
+        return self
+
+    @model_validator(mode="after")
+    def _seeded_plans_fit_the_space(self) -> "SearchConfig":
+        if not self.seed_front:
+            return self
+        rng = self.pruning.strategies.get(SEED_STRATEGY)
+        if rng is None:
+            raise ValueError(f"seed_front needs the {SEED_STRATEGY!r} strategy in pruning.strategies")
+        outside = [v for v in self.seed_front if not rng.low <= v <= rng.high]
+        if outside:
+            raise ValueError(f"seed_front {outside} lie outside pruning.strategies.{SEED_STRATEGY} "
+                             f"[{rng.low:g}, {rng.high:g}]")
+        return self
+
+    def seed_plans(self, task_names: list[str]) -> list[PlanConfig]:
+        """The plans of ``seed_front``: global magnitude at each share, equal task weights when the weights
+        are searched (else the first loss method), the least distillation the config allows."""
+        weight = self.distillation.weight
+        method = "simplex" if "simplex" in self.loss_weights.methods else self.loss_weights.methods[0]
+        weights = {t: 1 / len(task_names) for t in task_names} if method == "simplex" else None
+        return [PlanConfig(order=[SEED_STRATEGY], thresholds={SEED_STRATEGY: share}, loss_method=method,
+                           loss_weights=weights, distillation=weight if isinstance(weight, float) else weight.low)
+                for share in self.seed_front]
 
     @field_validator("objectives", mode="before")
     @classmethod

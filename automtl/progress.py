@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import optuna
 from optuna.trial import TrialState
 
-from automtl import pareto
+from automtl import focus, pareto
 from automtl.objectives import of_study
 from automtl.records import records
 
@@ -31,10 +31,13 @@ class Snapshot:
     elapsed_seconds: float
     eta_seconds: float | None
     failures: dict[str, list[int]]  # reason -> numbers of the trials that failed with it
+    focus: dict[str, float]  # the focus region's floor per task (empty: none)
+    in_focus: int  # complete trials meeting every floor
+    front_in_focus: int  # of them, on the front
 
     @property
     def finished(self) -> int:
-        return self.counts["complete"] + self.counts["failed"]
+        return self.counts["complete"] + self.counts["stopped_early"] + self.counts["failed"]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +59,8 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         elapsed = time.time() - started
     complete = pareto.completed(study)
     front = pareto.front(study)
-    finished_now = counts["complete"] + counts["failed"]
+    declared, floors = of_study(study), focus.of_attrs(study.user_attrs)
+    finished_now = counts["complete"] + counts["stopped_early"] + counts["failed"]
     remaining = max(0, budget - finished_now - counts["running"])
     eta = elapsed / finished_now * (remaining + counts["running"] / 2) if finished_now and started else None
     failures: dict[str, list[int]] = {}
@@ -66,9 +70,12 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         counts=counts,
         budget=budget,
         front_size=len(front),
-        hypervolume=pareto.hypervolume(front, of_study(study)) if complete else 0.0,
+        hypervolume=pareto.hypervolume(front, declared) if complete else 0.0,
         compute_seconds=compute,
         elapsed_seconds=elapsed,
         eta_seconds=eta,
         failures=failures,
+        focus=floors,
+        in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(complete)),
+        front_in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(front)),
     )

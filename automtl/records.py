@@ -2,7 +2,9 @@
 
 A trial carries its decoded plan (strategy order, thresholds, loss weighting,
 distillation) and the worker that ran it from the moment it starts; its
-:class:`TrialResult` once it finished; a ``fail_reason`` if it failed.
+objective values at each rung it was judged (:mod:`automtl.rungs`); its
+:class:`TrialResult` once it finished; ``stopped_at`` (fine-tune epochs) if a
+rung stopped it; a ``fail_reason`` if it failed.
 :meth:`TrialRecord.from_trial` reads all of it (run directories written before
 task metrics had names, with ``accuracy`` / ``test_accuracy``, still load);
 :meth:`TrialRecord.to_attrs` and :meth:`TrialResult.to_attrs` write it. Views
@@ -23,6 +25,8 @@ from typing import Any, Mapping
 from optuna.trial import FrozenTrial
 
 FAIL_REASON = "fail_reason"
+STOPPED_AT = "stopped_at"  # fine-tune epochs after which a rung stopped the trial
+RUNGS = "rungs"  # {str(epochs): objective values} at each rung the trial was judged
 LEGACY_KEYS = {"metrics": "accuracy", "test_metrics": "test_accuracy"}  # names before tasks had metric names
 
 
@@ -76,8 +80,11 @@ class TrialRecord:
     worker: str | None = None
     result: TrialResult | None = None
     fail_reason: str | None = None
+    stopped_at: int | None = None
+    rungs: dict[str, list[float]] = field(default_factory=dict)
 
-    PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation")
+    lr: float | None = None
+    PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation", "lr")
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> "TrialRecord":
@@ -88,7 +95,8 @@ class TrialRecord:
         result = TrialResult.from_attrs(values, attrs) if values is not None and "sparsity" in attrs else None
         plan = {k: attrs[k] for k in cls.PLAN if attrs.get(k) is not None}
         return cls(number, state, tuple(values) if values is not None else None, **plan,
-                   worker=attrs.get("worker"), result=result, fail_reason=attrs.get(FAIL_REASON))
+                   worker=attrs.get("worker"), result=result, fail_reason=attrs.get(FAIL_REASON),
+                   stopped_at=attrs.get(STOPPED_AT), rungs=attrs.get(RUNGS) or {})
 
     def to_attrs(self) -> dict[str, Any]:
         """The user attributes this record stores (its plan, worker, result, failure)."""
@@ -99,6 +107,10 @@ class TrialRecord:
             attrs |= self.result.to_attrs()
         if self.fail_reason is not None:
             attrs[FAIL_REASON] = self.fail_reason
+        if self.stopped_at is not None:
+            attrs[STOPPED_AT] = self.stopped_at
+        if self.rungs:
+            attrs[RUNGS] = self.rungs
         return attrs
 
     @property

@@ -15,6 +15,7 @@ This is the only module that knows how a plan is encoded for a sampler.
   for ``simplex``, ``loss.u.<task>`` in (0, 1] and weights ``-log u_t / sum``
   (uniform on the simplex when the u are uniform).
 * **Distillation** — ``distill.weight`` when it is a searched range.
+* **Learning rate** — ``fine_tune.lr`` when the fine-tune's learning rate is a searched range.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class TrialPlan:
     loss_method: str
     loss_weights: dict[str, float] | None = None
     distillation: float = 0.0
+    lr: float | None = None  # the fine-tune's learning rate when it is searched (None: the config's)
 
     @property
     def steps(self) -> list[tuple[str, float]]:
@@ -98,7 +100,9 @@ def suggest(trial: optuna.Trial, config: SearchConfig, task_names: list[str]) ->
         total = sum(config.loss_weights.weights.values())
         weights = {t: config.loss_weights.weights[t] / total for t in task_names}
     distillation = _suggest(trial, "distill.weight", config.distillation.weight)
-    return TrialPlan(order, thresholds, method, weights, distillation)
+    lr = config.fine_tune.lr
+    return TrialPlan(order, thresholds, method, weights, distillation,
+                     _suggest(trial, "fine_tune.lr", lr) if isinstance(lr, Range) else None)
 
 
 def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict[str, Any]:
@@ -122,6 +126,9 @@ def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict
         params |= {f"loss.u.{t}": math.exp(-plan.loss_weights[t] * scale) for t in task_names}
     if isinstance(config.distillation.weight, Range) and config.distillation.weight.low != config.distillation.weight.high:
         params["distill.weight"] = plan.distillation
+    lr = config.fine_tune.lr
+    if isinstance(lr, Range) and lr.low != lr.high:
+        params["fine_tune.lr"] = plan.lr if plan.lr is not None else config.fine_tune.train().lr
     return params
 
 

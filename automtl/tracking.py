@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl.objectives import metric_names, of_attrs, of_study
+from automtl.objectives import STRUCTURAL, Objective, metric_names, of_attrs, of_study
 from automtl.records import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,18 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+# How a finished trial's run ends in MLflow; a trial a rung stopped is KILLED (tagged state=pruned, stopped_at).
+TERMINATED = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED"}
+
+
+def rung_names(objectives: list[Objective]) -> list[str]:
+    """The objectives a rung records, in order (those fine-tuning changes; see :mod:`automtl.rungs`)."""
+    return [o.name for o in objectives if o.name not in STRUCTURAL]
+
+
 def trial_params(record: TrialRecord) -> dict[str, str]:
     params = {"order": " > ".join(record.order) or "(none)", "loss_method": record.loss_method,
-              "distillation": record.distillation, "worker": record.worker}
+              "distillation": record.distillation, "lr": record.lr, "worker": record.worker}
     params |= {f"threshold.{k}": v for k, v in record.thresholds.items()}
     params |= {f"loss_weight.{k}": v for k, v in (record.loss_weights or {}).items()}
     return {k: str(v) for k, v in params.items() if v is not None}
@@ -91,10 +100,11 @@ class Tracker:
     """Writes one study's runs; every failure is reported once and then tracking stops quietly."""
 
     def __init__(self, client, experiment_id: str, parent_run_id: str, study_uid: str,
-                 metric_names: Mapping[str, str] | None = None):
+                 metric_names: Mapping[str, str] | None = None, rung_names: list[str] | None = None):
         self.client, self.experiment_id = client, experiment_id
         self.parent_run_id, self.study_uid = parent_run_id, study_uid
         self.metric_names = dict(metric_names or {})  # task -> metric name, for the child runs' metric keys
+        self.rung_names = list(rung_names or [])  # the objectives a rung records, in order
         self.broken = False
 
     @staticmethod
@@ -103,7 +113,8 @@ class Tracker:
         if not study_attrs.get("mlflow_active"):
             return None
         attrs = {k: v for k, v in study_attrs.items() if k.startswith("mlflow_") or k == "study_uid"}
-        return attrs | {"metric_names": metric_names(of_attrs(study_attrs))}
+        declared = of_attrs(study_attrs)
+        return attrs | {"metric_names": metric_names(declared), "rung_names": rung_names(declared)}
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any] | None) -> "Tracker | None":
@@ -111,7 +122,7 @@ class Tracker:
         if not attrs:
             return None
         return cls(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
-                   attrs["study_uid"], attrs.get("metric_names"))
+                   attrs["study_uid"], attrs.get("metric_names"), attrs.get("rung_names"))
 
     @classmethod
     def attach(cls, study: optuna.Study) -> "Tracker | None":
@@ -145,6 +156,8 @@ class Tracker:
                 "mlflow.parentRunId": self.parent_run_id, "state": record.state}
         if record.fail_reason is not None:
             tags["fail_reason"] = record.fail_reason
+        if record.stopped_at is not None:
+            tags["stopped_at"] = str(record.stopped_at)
         if pareto is not None:
             tags["pareto"] = str(pareto).lower()
         if run_id is None:
@@ -152,10 +165,12 @@ class Tracker:
             timestamp = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
             self.client.log_batch(
                 run_id,
-                metrics=[Metric(k, v, timestamp, 0) for k, v in trial_metrics(record, self.metric_names).items()],
+                metrics=[Metric(k, v, timestamp, 0) for k, v in trial_metrics(record, self.metric_names).items()]
+                + [Metric(f"rung.{name}", float(v), timestamp, int(epochs))
+                   for epochs, values in record.rungs.items() for name, v in zip(self.rung_names, values)],
                 params=[Param(k, v) for k, v in trial_params(record).items()],
             )
-            self.client.set_terminated(run_id, "FINISHED" if trial.state == TrialState.COMPLETE else "FAILED")
+            self.client.set_terminated(run_id, TERMINATED.get(trial.state, "FAILED"))
         else:
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
@@ -204,7 +219,8 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
     for key, value in {"mlflow_uri": uri, "mlflow_experiment": name, "mlflow_experiment_id": experiment_id,
                        "mlflow_parent_run_id": parent}.items():
         study.set_user_attr(key, value)
-    return Tracker(client, experiment_id, parent, attrs["study_uid"], metric_names(of_study(study)))
+    declared = of_study(study)
+    return Tracker(client, experiment_id, parent, attrs["study_uid"], metric_names(declared), rung_names(declared))
 
 
 def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervolumes: Iterable[tuple[int, float]],
@@ -216,7 +232,7 @@ def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervo
 
     existing = tracker._child_runs()
     created = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         run_id = existing.get(trial.number)
         tracker._log_trial(trial, trial.number in front_numbers, run_id)
         created += run_id is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,14 +32,24 @@ from automtl.weighting import Static, Weighting
 log = logging.getLogger(__name__)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser settings of one training run (Adam)."""
+    """Optimiser settings of one training run (Adam); ``schedule``: constant learning rate, or a cosine
+    decay to zero over all the run's batches."""
 
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 128
     weight_decay: float = 0.0
+    schedule: str = "constant"
+
+    def identity(self) -> dict:
+        """What determines a run's result (the constant schedule is left out: caches written before
+        schedules existed keep their keys)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "schedule" and v == "constant")}
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,10 @@ def task_losses(
     return losses
 
 
+def batches_per_epoch(problem: Problem, config: TrainConfig) -> int:
+    return math.ceil(len(problem.train) / config.batch_size)
+
+
 def fit(
     model: nn.Module,
     problem: Problem,
@@ -82,32 +97,47 @@ def fit(
     seed: int,
     weighting: Weighting | None = None,
     distill: Distillation | None = None,
+    before_step: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int], bool] | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``problem.train``; return each epoch's mean task losses."""
+    """Train ``model`` in place on ``problem.train``; return each epoch's mean task losses.
+
+    ``before_step(step)`` runs before every optimiser step's forward pass (steps count from 0 over the
+    whole run); ``after_epoch(epochs_done)`` after every epoch, and training stops when it returns False.
+    """
     weighting = weighting or Static(problem.task_names)
     weighting.bind(model)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(
         [*model.parameters(), *weighting.parameters()], lr=config.lr, weight_decay=config.weight_decay
     )
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs * batches_per_epoch(
+        problem, config)) if config.schedule == "cosine" else None)
     if distill is not None:
         distill.teacher.eval()
-    history = []
-    for _ in range(config.epochs):
+    history, step = [], 0
+    for epoch in range(config.epochs):
         model.train()
         sums = {name: 0.0 for name in problem.task_names}
         batches = 0
         for inputs, targets in problem.train.batches(config.batch_size, generator):
+            if before_step is not None:
+                before_step(step)
             losses = task_losses(model, problem, inputs, targets, distill)
             optimizer.zero_grad(set_to_none=True)
             weighting.combine(losses).backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             weighting.after_step()
             for name, loss in losses.items():
                 sums[name] += loss.item()
             batches += 1
+            step += 1
         history.append({name: total / batches for name, total in sums.items()})
         weighting.after_epoch(history[-1])
+        if after_epoch is not None and not after_epoch(epoch + 1):
+            break
     return history
 
 
@@ -155,7 +185,7 @@ def cache_key(problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int)
         "options": {k: str(v) for k, v in problem.options.items()},
         "data": problem.fingerprint(),
         "model": spec.as_dict(),
-        "train": asdict(config),
+        "train": config.identity(),
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]

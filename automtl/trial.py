@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -25,11 +26,14 @@ from automtl.config import SearchConfig
 from automtl.measure import cpu_latency_ms, flops
 from automtl.models import ModelSpec, task_outputs
 from automtl.problems import Problem
-from automtl.pruning import PruneContext, apply, make_permanent
+from automtl.pruning import PipelineReport, PruneContext, apply, make_permanent
+from automtl.pruning.gradual import GradualMasks
 from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
 from automtl.records import TrialResult
 from automtl.space import TrialPlan
-from automtl.train import Distillation, TrainConfig, dense_model, evaluate, fit, predict, recalibrate_batchnorm
+from automtl.rungs import judged_objectives
+from automtl.train import (Distillation, batches_per_epoch, dense_model, evaluate, fit, predict,
+                           recalibrate_batchnorm)
 from automtl.weighting import make_weighting
 
 log = logging.getLogger(__name__)
@@ -104,7 +108,7 @@ class Bench:
         problem = problem or config.build_problem()
         spec = problem.default_model.override(**config.model.overrides())
         device = resolve_device(config.backend.device)
-        dense = dense_model(problem, spec, TrainConfig(**config.dense.model_dump()), config.seed, run_dir / "dense",
+        dense = dense_model(problem, spec, config.dense.train(), config.seed, run_dir / "dense",
                             device)
         dense.model.eval()
         return cls(config, problem, spec, dense.model, run_dir, dense.seconds)
@@ -139,8 +143,23 @@ def weights_path(number: int) -> str:
     return f"trials/trial-{number:06d}.pt"
 
 
-def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
-    """Prune, fine-tune, evaluate and save; raise TrialFailed on a non-finite result."""
+class TrialStopped(Exception):
+    """A trial its rung stopped early (not failed: it ranked below the rung's cut)."""
+
+    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float]):
+        super().__init__(f"stopped after {epochs} fine-tune epoch(s)")
+        self.epochs, self.values, self.metrics = epochs, values, metrics
+
+
+Gate = Callable[[int, list[float]], bool]
+
+
+def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) -> TrialResult:
+    """Prune, fine-tune, evaluate and save; raise TrialFailed on a non-finite result.
+
+    With ``gate`` (:class:`automtl.rungs.RungGate`) and ``rungs`` configured, the trial is judged at every
+    rung milestone on its validation objectives and raises :class:`TrialStopped` when the gate says stop.
+    """
     config = bench.config
     problem, dense = bench.on(resolve_device(config.backend.device))
     seed = config.seed + number
@@ -152,15 +171,22 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
         model, problem, calibration_size=config.pruning.calibration_size,
         aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=seed,
     )
-    apply(model, plan.steps, ctx)
+    planned = apply(model, plan.steps, ctx)
     pruned = time.perf_counter()
 
     weighting = make_weighting("static" if plan.loss_weights else plan.loss_method, problem.task_names, plan.loss_weights)
     distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
-    history = fit(model, problem, TrainConfig(**config.fine_tune.model_dump()), seed, weighting, distill)
+    train = config.fine_tune.train(plan.lr)
+    gradual = config.fine_tune.gradual
+    closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(problem, train)))
+               if gradual else None)
+    judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
+    history = fit(model, problem, train, seed, weighting, distill, before_step=closing, after_epoch=judge)
     tuned = time.perf_counter()
     if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
         raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
+    if judge and judge.stopped:
+        raise judge.stopped
 
     make_permanent(model)
     recalibrate_batchnorm(model, ctx.calibration, config.fine_tune.batch_size)
@@ -169,12 +195,9 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
     test_metrics = evaluate(model, problem, problem.test, config.data.batch_size)
     structure = shrunk_costs(model, problem, config)
     evaluated = time.perf_counter()
-    if any(not math.isfinite(v) for v in (*metrics.values(), *test_metrics.values())):
-        raise TrialFailed(f"non-finite task metric {metrics} (test {test_metrics})")
+    _require_finite(metrics, test_metrics)
 
-    measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters, **structure}
-    measures |= {task.objective: metrics[task.name] for task in problem.tasks}
-    values = [float(measures[o.name]) for o in objectives.declared(config, problem)]
+    values = [float(v) for v in _measures(report, metrics, problem, structure, objectives.declared(config, problem))]
     relative = weights_path(number)
     checkpoints.save(bench.run_dir / relative, model.state_dict(), {"trial": number, "plan": plan.as_dict()}, compact=True)
     return TrialResult(
@@ -193,3 +216,40 @@ def run(plan: TrialPlan, bench: Bench, number: int) -> TrialResult:
         eval_seconds=evaluated - tuned,
         weights=relative,
     )
+
+
+def _require_finite(*metric_sets: dict[str, float]) -> None:
+    if any(not math.isfinite(v) for metrics in metric_sets for v in metrics.values()):
+        raise TrialFailed(f"non-finite task metric {' / '.join(map(str, metric_sets))}")
+
+
+def _measures(report: PipelineReport, metrics: dict[str, float], problem: Problem, structure: dict[str, float],
+              wanted: list[objectives.Objective]) -> list[float]:
+    """The values of the ``wanted`` objectives."""
+    measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters, **structure}
+    measures |= {task.objective: metrics[task.name] for task in problem.tasks}
+    return [measures[o.name] for o in wanted]
+
+
+class _Judge:
+    """Called after every fine-tune epoch: at a rung milestone, evaluates the trial (BatchNorm
+    recalibrated, validation split) and asks the gate; remembers why it stopped."""
+
+    def __init__(self, model: nn.Module, ctx: PruneContext, bench: Bench, planned: PipelineReport, gate: Gate):
+        config = bench.config
+        self.model, self.ctx, self.config, self.planned, self.gate = model, ctx, config, planned, gate
+        self.milestones = set(config.rungs.milestones(config.fine_tune.epochs)[:-1])
+        self.wanted = judged_objectives(config, bench.problem)
+        self.stopped: TrialStopped | None = None
+
+    def __call__(self, epochs: int) -> bool:
+        if epochs not in self.milestones:
+            return True
+        recalibrate_batchnorm(self.model, self.ctx.calibration, self.config.fine_tune.batch_size)
+        metrics = evaluate(self.model, self.ctx.problem, self.ctx.problem.val, self.config.data.batch_size)
+        _require_finite(metrics)
+        values = [float(v) for v in _measures(self.planned, metrics, self.ctx.problem, {}, self.wanted)]
+        if self.gate(epochs, values):
+            return True
+        self.stopped = TrialStopped(epochs, values, metrics)
+        return False

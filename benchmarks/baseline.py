@@ -5,7 +5,8 @@ magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with
 ``L1Unstructured`` over every hidden Linear/Conv weight; task heads stay dense,
 as automtl's default) and task-loss weights (one number per task, normalised)
 — then the same fine-tune as the automtl search (Adam, its epochs, learning
-rate and batch size) and the same evaluation. It starts no trial once
+rate and batch size; a searched learning rate is fixed at the geometric middle of its range) and the
+same evaluation. It starts no trial once
 ``seconds`` are spent. Sparsity is counted with automtl's definition (zero
 weights and biases of the hidden layers, :mod:`automtl.pruning.pipeline`), so
 both fronts are measured alike.
@@ -74,7 +75,7 @@ def run(run_dir: str | Path, seconds: float, seed: int = 0) -> list[Point]:
         model = copy.deepcopy(dense)
         prune.global_unstructured([(model.get_submodule(name), "weight") for name in hidden],
                                   pruning_method=prune.L1Unstructured, amount=amount)
-        _fine_tune(model, problem, config.fine_tune, weights, seed + trial.number)
+        _fine_tune(model, problem, config.fine_tune.train(), weights, seed + trial.number)
         for name in hidden:
             prune.remove(model.get_submodule(name), "weight")
         kept = [p.detach() for name in hidden for p in model.get_submodule(name).parameters()]

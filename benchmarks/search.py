@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 import baseline
 from _report import publish
 from automtl import api, pareto
-from automtl.config import read_yaml
+from automtl.config import load, read_yaml
 from automtl.objectives import dense_metrics, of_study
 from automtl.records import TrialRecord, records
 from automtl.rundir import RunDir
@@ -44,6 +44,10 @@ SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 CONFIG = SPACES / "multidigits.yaml"
 REFERENCES = (0.0, 0.5, 0.8)
 FLOORS = (0.80, 0.85, 0.90)
+
+
+# Speed runs replay one run's plans: every plan runs to the full fine-tune, none is seeded twice.
+REPLAYABLE = ["rungs=null", "seed_front=[]"]
 
 
 def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
@@ -60,6 +64,7 @@ def replay_config(root: Path, study) -> Path:
     """multidigits.yaml with every trial of ``study`` enqueued, so another run does the same work."""
     raw = read_yaml(CONFIG.read_text())
     raw["enqueue"] = [TrialRecord.from_trial(t).plan for t in sorted(study.trials, key=lambda t: t.number)]
+    raw["rungs"], raw["seed_front"] = None, []
     path = root / "replay.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -82,9 +87,9 @@ def _dominates(a, b) -> bool:
 
 def local_part(root: Path, args: argparse.Namespace) -> None:
     """Overhead, 2 workers vs 1, TPE vs random: section ``search``."""
-    started = time.perf_counter()
+    started, trials = time.perf_counter(), args.trials or 60
     lines = ["## Search orchestration and sampler quality (`benchmarks/search.py`)", ""]
-    base, wall_a = search(root, "speed-a", [f"trials={args.speed_trials}", "workers=1"])
+    base, wall_a = search(root, "speed-a", [f"trials={args.speed_trials}", "workers=1", *REPLAYABLE])
     compute_a = compute(base)
     replay = replay_config(root, base)
     one, wall_b = search(root, "speed-b", [f"trials={args.speed_trials}", "workers=1", "threads=1"], replay)
@@ -92,7 +97,7 @@ def local_part(root: Path, args: argparse.Namespace) -> None:
     print(f"A {wall_a:.1f}s B {wall_b:.1f}s C {wall_c:.1f}s", flush=True)
     overhead = (wall_a - compute_a) / wall_a
     lines += [
-        f"multidigits.yaml (all eight strategies, 4 weighting methods, distillation), {args.speed_trials} trials. "
+        f"multidigits.yaml without rungs and seeded plans, {args.speed_trials} trials. "
         "Run A is the default search with one worker; B and C replay A's exact plans (`enqueue`), "
         "so all three do the same work:",
         "",
@@ -111,12 +116,12 @@ def local_part(root: Path, args: argparse.Namespace) -> None:
     ]
     rows = []
     for seed in range(args.seeds):
-        tpe, _ = search(root, f"tpe-{seed}", [f"trials={args.trials}", f"seed={seed}", "workers=2"])
-        rnd, _ = search(root, f"random-{seed}", [f"trials={2 * args.trials}", f"seed={seed}", "workers=2",
+        tpe, _ = search(root, f"tpe-{seed}", [f"trials={trials}", f"seed={seed}", "workers=2"])
+        rnd, _ = search(root, f"random-{seed}", [f"trials={2 * trials}", f"seed={seed}", "workers=2",
                                                   "sampler.name=random"])
-        rows.append((seed, hv_after(tpe, args.trials), hv_after(rnd, args.trials), hv_after(rnd, 2 * args.trials)))
+        rows.append((seed, hv_after(tpe, trials), hv_after(rnd, trials), hv_after(rnd, 2 * trials)))
         print(rows[-1], flush=True)
-    n, n2 = args.trials, 2 * args.trials
+    n, n2 = trials, 2 * trials
     lines += [
         f"Hypervolume (objectives: sparsity, accuracy of each task on validation; origin reference; higher is "
         f"better), default sampler (multivariate TPE) after {n} trials vs random search after {n} and {n2}:",
@@ -141,7 +146,7 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
     """Ray Tune backend vs local backend on the same replayed plans: section ``search-ray``."""
     started = time.perf_counter()
     n = args.speed_trials
-    base, _ = search(root, "ray-base", [f"trials={n}", "workers=1"])
+    base, _ = search(root, "ray-base", [f"trials={n}", "workers=1", *REPLAYABLE])
     replay = replay_config(root, base)
     begun = time.perf_counter()
     local, wall_local = search(root, "ray-local", [f"trials={n}", "workers=2", "threads=1"], replay)
@@ -211,43 +216,84 @@ def quality(points: list[tuple[float, dict[str, float]]], dense: dict[str, float
     return measured
 
 
+# What each lever contributes: the default search with one lever switched off (or, for the levers the
+# default leaves off, on), given the same wall-clock.
+LEVERS = {
+    "without rungs": ["rungs=null"],
+    "without the seeded front": ["seed_front=[]"],
+    "without the focus region": ["focus=null"],
+    "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
+    "with gradual pruning": ["fine_tune.gradual={epochs: 1, steps: 8}"],
+    "with a cosine schedule": ["fine_tune.schedule=cosine"],
+}
+
+
+def _front_quality(study, dense: dict[str, float]) -> dict[str, float]:
+    return quality([(r.result.sparsity, r.result.test_metrics) for r in records(pareto.completed(study))], dense)
+
+
+def _cell(key: str, value: float) -> str:
+    return f"{value:.4g}" if key.startswith("HV") else f"{value:.1%}"
+
+
 def baseline_part(root: Path, args: argparse.Namespace) -> None:
-    """automtl vs the hand-written baseline at equal wall-clock: section ``search-baseline``."""
+    """automtl vs the hand-written baseline at equal wall-clock (section ``search-baseline``); on the problems
+    named by ``--levers``, also the default with each lever off, given the same wall-clock."""
     started = time.perf_counter()
-    rows = []
+    rows, levers = [], {}
+    budget = [f"trials={args.trials}"] if args.trials else []
     for name in args.problems.split(","):
         for seed in range(args.seeds):
             run = f"{name}-{seed}"
-            study, wall = search(root, run, [f"seed={seed}", f"trials={args.trials}", "tracking.enabled=false"],
-                                 SPACES / f"{name}.yaml")
-            auto = [(r.result.sparsity, r.result.test_metrics) for r in records(pareto.completed(study))]
-            points = baseline.run(root / run, wall, seed)
+            study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], SPACES / f"{name}.yaml")
             dense = dense_metrics(study.user_attrs)
-            rows.append((name, seed, wall, len(auto), len(points), quality(auto, dense),
-                         quality([(p.sparsity, p.test_metrics) for p in points], dense)))
+            points = baseline.run(root / run, wall, seed)
+            done = [t for t in study.trials if t.state.is_finished()]
+            rows.append((name, seed, wall, len(done), len(pareto.completed(study)), len(points),
+                         _front_quality(study, dense), quality([(p.sparsity, p.test_metrics) for p in points], dense)))
             print(rows[-1], flush=True)
-    keys = list(rows[0][5])
+            middle_lr = load(SPACES / f"{name}.yaml").fine_tune.train().lr
+            for lever, overrides in (LEVERS.items() if name in args.levers.split(",") else ()):
+                variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
+                    f"seed={seed}", "tracking.enabled=false", "trials=100000", f"timeout={wall}",
+                    *(o.format(middle_lr=middle_lr) for o in overrides)], SPACES / f"{name}.yaml")
+                levers.setdefault((name, lever), []).append(_front_quality(variant, dense))
+                print(name, seed, lever, levers[(name, lever)][-1], flush=True)
+    keys = list(rows[0][6])
     lines = [
         "## automtl vs the hand-written baseline (`benchmarks/search.py --parts baseline`)", "",
-        f"Each automtl search ({args.trials} trials of the problem's search space) against `benchmarks/baseline.py` "
-        "(Optuna TPE over a global-magnitude amount and task weights, the same fine-tune) given the automtl "
-        "search's trial-loop wall-clock, on the same data and dense model. Test metrics; every cell is "
-        "automtl / baseline. HV@r: hypervolume of (sparsity, each task's accuracy) above the reference point "
-        "(r, r, …); a floor column: the highest sparsity whose test accuracies all reach it.", "",
+        "Each automtl search (the problem's search space as shipped) against `benchmarks/baseline.py` (Optuna TPE "
+        "over a global-magnitude amount and task weights, the same full fine-tune with a constant learning rate) "
+        "given the automtl search's trial-loop wall-clock, on the same data and dense model. Test metrics; every "
+        "cell is automtl / baseline. trials: automtl's (complete of them, the rest stopped early by rungs) / the "
+        "baseline's. HV@r: hypervolume of (sparsity, each task's accuracy) above the reference point (r, r, …); a "
+        "floor column: the highest sparsity whose test accuracies all reach it.", "",
         "| problem | seed | wall | trials | " + " | ".join(keys) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(keys),
-        *[f"| {n} | {s} | {w:.0f} s | {a} / {b} | " + " | ".join(
-            f"{qa[k]:.4g} / {qb[k]:.4g}" if k.startswith("HV") else f"{qa[k]:.1%} / {qb[k]:.1%}" for k in keys) + " |"
-          for n, s, w, a, b, qa, qb in rows],
+        *[f"| {n} | {s} | {w:.0f} s | {a} ({c}) / {b} | " + " | ".join(
+            f"{_cell(k, qa[k])} / {_cell(k, qb[k])}" for k in keys) + " |" for n, s, w, a, c, b, qa, qb in rows],
     ]
     for name in dict.fromkeys(r[0] for r in rows):
         mine = [r for r in rows if r[0] == name]
-        means = {k: (statistics.mean(r[5][k] for r in mine), statistics.mean(r[6][k] for r in mine)) for k in keys}
+        means = {k: (statistics.mean(r[6][k] for r in mine), statistics.mean(r[7][k] for r in mine)) for k in keys}
         lines.append(f"| {name} | mean | | | " + " | ".join(
-            f"**{a:.4g} / {b:.4g}**" if k.startswith("HV") else f"**{a:.1%} / {b:.1%}**" for k, (a, b) in means.items())
-            + " |")
-    publish("search-baseline", lines, f"python benchmarks/search.py --parts baseline --problems {args.problems} "
-            f"--trials {args.trials} --seeds {args.seeds}", started)
+            f"**{_cell(k, a)} / {_cell(k, b)}**" for k, (a, b) in means.items()) + " |")
+    if levers:
+        lines += ["", "What each lever contributes: the default search with one lever switched off (or on, for those "
+                  "it leaves off), given the same wall-clock as the default (`timeout`), same seeds; means over "
+                  "seeds, test metrics.", "",
+                  "| problem | search | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
+        for name in dict.fromkeys(n for n, _ in levers):
+            mine = [r for r in rows if r[0] == name]
+            full = {k: statistics.mean(r[6][k] for r in mine) for k in keys}
+            lines.append(f"| {name} | default | " + " | ".join(_cell(k, full[k]) for k in keys) + " |")
+            for (problem, lever), results in levers.items():
+                if problem == name:
+                    lines.append(f"| {name} | {lever} | " + " | ".join(
+                        _cell(k, statistics.mean(r[k] for r in results)) for k in keys) + " |")
+    command = f"python benchmarks/search.py --parts baseline --problems {args.problems} --seeds {args.seeds}"
+    command += (f" --trials {args.trials}" if args.trials else "") + (f" --levers {args.levers}" if args.levers else "")
+    publish("search-baseline", lines, command, started)
 
 
 PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part}
@@ -256,10 +302,12 @@ PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": base
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="local,ray", help=f"comma-separated, from {', '.join(PARTS)}")
-    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--trials", type=int, default=None, help="trials per search (default: the search space's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--speed-trials", type=int, default=40)
     parser.add_argument("--problems", default="multidigits,mnist1d-pair", help="search spaces of the baseline part")
+    parser.add_argument("--levers", default="", help="problems of the baseline part on which to switch each "
+                        f"lever off in turn ({', '.join(LEVERS)})")
     args = parser.parse_args()
     parts = args.parts.split(",")
     unknown = set(parts) - set(PARTS)

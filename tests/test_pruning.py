@@ -293,7 +293,7 @@ def test_a_model_torch_pruning_cannot_trace_keeps_the_unstructured_strategies(zo
     ctx = PruneContext.create(model, problem, calibration_size=64)
     assert ctx.untraceable == "RuntimeError: unsupported operator aten::weird"
     with pytest.raises(UserError, match=r"cannot trace this model \(RuntimeError: unsupported operator aten::weird\).*"
-                                        r"\['entropy'\] need its dependency graph.*unstructured ones \['magnitude'"):
+                                        r"\['entropy'\] need its dependency graph.*unstructured ones \['global_magnitude', 'magnitude'"):
         ctx.require(model, ["entropy", "magnitude"])
     with pytest.raises(UserError, match="strategy 'entropy' needs the model's dependency graph"):
         apply(model, [("entropy", 0.5)], ctx)

@@ -16,6 +16,7 @@ from automtl.config import load
 from automtl.errors import UserError
 from automtl.rundir import RunDir
 from tests.conftest import FIXTURES
+from tests.test_rungs import RUNGS
 from tests.test_search import FAST, SMOKE, _completed
 from tests.test_search import cli as search_cli
 from tests.test_tracking import cli, study_runs
@@ -91,6 +92,17 @@ def test_failing_trials_on_ray_are_recorded_with_their_reason(tmp_path):
     reasons = " ".join(t.user_attrs["fail_reason"] for t in study.trials if t.state == TrialState.FAIL)
     assert "RuntimeError: injected failure" in reasons and "non-finite task metric" in reasons
     assert len(study.trials) == 9 and any(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def test_rungs_stop_trials_on_ray_workers_and_the_budget_is_exact(tmp_path):
+    search_cli("search", SMOKE, "--trials", 8, "--run-dir", tmp_path / "rungs", "--json", *FAST, *RAY, *RUNGS,
+               "--set", "tracking.enabled=false")
+    study = RunDir(tmp_path / "rungs").load_study()
+    states = [t.state for t in study.trials]
+    assert len(states) == 8 and set(states) == {TrialState.COMPLETE, TrialState.PRUNED}
+    stopped = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert all(str(t.user_attrs["stopped_at"]) in t.user_attrs["rungs"] for t in stopped), "rungs recorded by workers"
+    assert all(set(t.user_attrs["rungs"]) == {"1", "2"} for t in study.trials if t.state == TrialState.COMPLETE)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])

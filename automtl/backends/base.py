@@ -6,13 +6,13 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import optuna
 from optuna.trial import TrialState
 
-from automtl.records import TrialRecord, TrialResult, failure_attrs
-from automtl import progress, space
+from automtl import focus, progress, space
+from automtl.records import STOPPED_AT, TrialRecord, TrialResult, failure_attrs
 from automtl.config import SearchConfig
 from automtl.rundir import RunDir
 
@@ -73,10 +73,24 @@ def record_plan(trial: optuna.Trial, plan: space.TrialPlan, worker: Any) -> None
         trial.set_user_attr(key, value)
 
 
-def record_result(trial: optuna.Trial, result: TrialResult) -> None:
-    """Store a finished trial's result on it (Optuna keeps the objective values when told)."""
+def record_result(trial: optuna.Trial, result: TrialResult, study_attrs: Mapping[str, Any]) -> None:
+    """Store a finished trial's result on it, and its focus constraints (Optuna keeps the objective values
+    when told)."""
     for key, value in result.to_attrs().items():
         trial.set_user_attr(key, value)
+    _constrain(trial, result.metrics, study_attrs)
+
+
+def record_stop(trial: optuna.Trial, epochs: int, metrics: Mapping[str, float], study_attrs: Mapping[str, Any]) -> None:
+    """Store where a rung stopped the trial, and its focus constraints there (tell Optuna PRUNED afterwards)."""
+    trial.set_user_attr(STOPPED_AT, epochs)
+    _constrain(trial, metrics, study_attrs)
+
+
+def _constrain(trial: optuna.Trial, metrics: Mapping[str, float], study_attrs: Mapping[str, Any]) -> None:
+    """Optuna constraints from the study's focus region (TPE, NSGA-II/III and GP prefer feasible trials)."""
+    for key, value in focus.constraints(study_attrs, metrics).items():
+        trial.set_constraint(key, value)
 
 
 def record_failure(trial: optuna.Trial, reason: str) -> None:

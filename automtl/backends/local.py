@@ -8,7 +8,8 @@ Asking for a trial happens under a file lock after counting the budget, so
 the study never runs more trials than asked for. A trial that raises or
 yields non-finite numbers is recorded as failed with its reason; a trial
 whose process was interrupted is marked failed as ``interrupted`` and does
-not count against the budget, so ``--resume`` re-spends it.
+not count against the budget, so ``--resume`` re-spends it. A trial a rung
+stops (:mod:`automtl.rungs`) is told as pruned and counts as one trial.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from optuna.trial import TrialState
 from automtl import progress, space, tracking
 from automtl import trial as trial_mod
 from automtl.backends.base import (INTERRUPTED, budget_used, make_sampler, mark_interrupted, record_failure,
-                                   record_plan, record_result, recover, reporting)
+                                   record_plan, record_result, record_stop, recover, reporting)
 from automtl.config import SearchConfig
 from automtl.errors import is_disk_full
 from automtl.rundir import RunDir
+from automtl.rungs import RungGate
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,10 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
         try:
             plan = space.suggest(trial, config, bench.task_names)
             record_plan(trial, plan, worker)
-            result = trial_mod.run(plan, bench, trial.number)
+            result = trial_mod.run(plan, bench, trial.number, RungGate.of(study, trial.number, config, bench.problem))
+        except trial_mod.TrialStopped as stop:
+            record_stop(trial, stop.epochs, stop.metrics, study.user_attrs)
+            finished = study.tell(trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
             record_failure(trial, INTERRUPTED)
             study.tell(trial, state=TrialState.FAIL)
@@ -66,7 +71,7 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             log.warning("trial %d failed: %s", trial.number, reason)
             finished = study.tell(trial, state=TrialState.FAIL)
         else:
-            record_result(trial, result)
+            record_result(trial, result, study.user_attrs)
             finished = study.tell(trial, result.values)
         if tracker:
             tracker.log_trial(finished)

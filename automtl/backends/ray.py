@@ -9,8 +9,10 @@ timeout) is spent and records each result, or each failure with its reason.
 
 Workers only run :func:`automtl.trial.run` on the resources Ray gave them (the
 GPU Ray assigned when there is one), write the trial weights into the run
-directory (storage every node mounts, on a multi-node cluster) and create the
-trial's MLflow child run under the study's parent run. The prepared bench
+directory (storage every node mounts, on a multi-node cluster), record a
+trial's rungs in the study's storage (:mod:`automtl.rungs`; a stopped trial is
+reported back and told as pruned) and create the trial's MLflow child run
+under the study's parent run. The prepared bench
 (problem + dense model) reaches them once, through Ray's object store.
 
 Tune keeps its own experiment state in ``RUN_DIR/tune``; ``--resume`` restores
@@ -48,18 +50,18 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from automtl import objectives, progress, space, tracking
 from automtl import trial as trial_mod
 from automtl.backends.base import (budget_used, make_sampler, mark_interrupted, record_failure, record_plan,
-                                   record_result,
-                                   recover, reporting)
+                                   record_result, record_stop, recover, reporting)
 from automtl.config import SearchConfig
 from automtl.records import TrialRecord, TrialResult
 from automtl.errors import UserError
 from automtl.rundir import RunDir
+from automtl.rungs import RungGate
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tune"  # Tune's experiment directory inside the run directory
 NUMBER, PLAN = "automtl.number", "automtl.plan"  # what the searcher hands each Tune trial
-RESULT, FAILED = "automtl.result", "automtl.fail_reason"  # what a worker reports back
+RESULT, STOPPED, FAILED = "automtl.result", "automtl.stopped", "automtl.fail_reason"  # what a worker reports back
 MODES = {"maximize": "max", "minimize": "min"}
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
 
@@ -118,9 +120,16 @@ class StudySearcher(OptunaSearch):
             return
         payload = json.loads(result[RESULT]) if result and result.get(RESULT) else None
         if payload is not None:
-            record_result(ot_trial, TrialResult.from_attrs(payload["values"], payload["attrs"]))
+            record_result(ot_trial, TrialResult.from_attrs(payload["values"], payload["attrs"]),
+                          self._ot_study.user_attrs)
             ot_trial.set_user_attr("worker", payload["worker"])
             self._ot_study.tell(ot_trial, payload["values"])
+            return
+        stop = json.loads(result[STOPPED]) if result and result.get(STOPPED) else None
+        if stop is not None:
+            record_stop(ot_trial, stop["epochs"], stop["metrics"], self._ot_study.user_attrs)
+            ot_trial.set_user_attr("worker", stop["worker"])
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             return
         reason = (result or {}).get(FAILED) or (
             f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})")
@@ -158,6 +167,17 @@ def _tracker(attrs: Mapping[str, Any] | None) -> tracking.Tracker | None:
     return _cached_tracker(json.dumps(attrs, sort_keys=True)) if attrs else None
 
 
+@functools.lru_cache(maxsize=4)
+def _study(run_path: str) -> optuna.Study:
+    """The run directory's study, opened once per worker process (for the rungs' records)."""
+    return RunDir(run_path).load_study()
+
+
+def _gate(bench: trial_mod.Bench, number: int) -> RungGate | None:
+    """The rung gate of trial ``number``: it records and reads rungs through the study's storage."""
+    return RungGate.of(_study(str(bench.run_dir)), number, bench.config, bench.problem) if bench.config.rungs else None
+
+
 def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None) -> None:
     """One Tune trial on a worker: run the plan, report the result (or the failure), log the MLflow child run."""
     number, plan = params[NUMBER], space.TrialPlan(**params[PLAN])
@@ -170,7 +190,10 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
         if not bench.run_dir.is_dir():
             raise trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
                                         "put it on storage every node mounts (docs/cluster.md)")
-        result = trial_mod.run(plan, bench, number)
+        result = trial_mod.run(plan, bench, number, _gate(bench, number))
+    except trial_mod.TrialStopped as stop:
+        record = replace(record, state="pruned", stopped_at=stop.epochs)
+        tune.report(metrics | {STOPPED: json.dumps({"epochs": stop.epochs, "metrics": stop.metrics, "worker": worker})})
     except Exception as exc:  # noqa: BLE001 - the failure is recorded on the trial, the search goes on
         record = replace(record, state="fail", fail_reason=f"{type(exc).__name__}: {exc}")
         tune.report(metrics | {FAILED: record.fail_reason})

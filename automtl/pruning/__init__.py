@@ -1,4 +1,4 @@
-"""Model pruning: eight composable strategies behind one protocol, and the pipeline that orders them.
+"""Model pruning: composable strategies behind one protocol, and the pipeline that orders them.
 
 Example:
     >>> from automtl.pruning import PruneContext, apply
@@ -11,6 +11,7 @@ from automtl.pruning import (  # noqa: F401  (each module registers its strategy
     activation,
     clustering,
     entropy,
+    global_magnitude,
     magnitude,
     random,
     sparse_opt,

@@ -41,13 +41,15 @@ HEADS = ("exclude", "include")
 
 @dataclass(frozen=True)
 class ThresholdSpec:
-    """A strategy's threshold: its symbol, what it means, its allowed range, its natural scale."""
+    """A strategy's threshold: its symbol, what it means, its allowed range, its natural scale, and whether
+    it is *calibrated*: the share of the candidates (weights or units) it removes, whatever the model."""
 
     symbol: str
     meaning: str
     low: float
     high: float
     log: bool = False
+    calibrated: bool = False
 
     def validate(self, strategy: str, value: float) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

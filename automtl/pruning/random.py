@@ -15,7 +15,8 @@ class Random(Strategy):
 
     name = "random"
     structured = False
-    threshold = ThresholdSpec("tau_r", "fraction of each layer's remaining weights removed at random", 0.0, 1.0)
+    threshold = ThresholdSpec("tau_r", "fraction of each layer's remaining weights removed at random", 0.0, 1.0,
+                              calibrated=True)
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         generator = torch.Generator().manual_seed(ctx.seed)

@@ -50,7 +50,8 @@ class Stability(Strategy):
 
     name = "stability"
     structured = True
-    threshold = ThresholdSpec("tau_s", "fraction of each group's alive units removed (least output change first)", 0.0, 1.0)
+    threshold = ThresholdSpec("tau_s", "fraction of each group's alive units removed (least output change first)", 0.0, 1.0,
+                              calibrated=True)
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         inputs = ctx.calibration.inputs[:SAMPLES]

@@ -15,7 +15,8 @@ class Taylor(Strategy):
 
     name = "taylor"
     structured = False
-    threshold = ThresholdSpec("tau_t", "fraction of each layer's remaining weights removed (lowest importance first)", 0.0, 1.0)
+    threshold = ThresholdSpec("tau_t", "fraction of each layer's remaining weights removed (lowest importance first)", 0.0,
+                              1.0, calibrated=True)
 
     def prune(self, model: nn.Module, ctx: PruneContext, value: float) -> int:
         layers = ctx.weight_layers

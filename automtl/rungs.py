@@ -1,0 +1,112 @@
+"""Multi-fidelity for the multi-objective search: MO-ASHA's stopping rule over fine-tune epochs.
+
+Fine-tune epochs are the fidelity. A trial is judged at every milestone of
+``rungs`` (:meth:`~automtl.config.RungsConfig.milestones`, e.g. 1, 3 of 9
+epochs): it records its objective values there on its own Optuna trial (user
+attribute ``rungs``: ``{epochs: values}``), reads the records every other
+running, complete or stopped trial left at that rung, and goes on only while it
+is non-dominated among the ``n`` trials judged there so far, or among the best
+``ceil(n / reduction)`` of them. Best means the lowest non-dominated rank
+(``moocore``), ties broken by the larger crowding distance (NSGA-II's), then by
+trial number. Keeping the whole non-dominated set (not only its most crowded-out
+members) keeps the front's middle, where plans trade a little of every task
+for sparsity; a dominated plan goes on only while few plans reached the rung. A trial that is
+stopped is told to Optuna as ``PRUNED`` ("stopped early" in ``status``, the
+dashboard and MLflow); only trials that reach the full fine-tune are complete,
+so only they form the front. The first trial at a rung always goes on, as in
+ASHA (Li et al. 2020; multi-objective: Schmucker et al. 2021, syne-tune's
+``MOASHA``). Records live in the study, so the rule works across worker
+processes, Ray workers and ``--resume``: a trial interrupted mid-rung fails as
+interrupted and its records stop counting.
+
+Example:
+    >>> goes_on(2, {0: [0.5, 0.9], 1: [0.9, 0.9], 2: [0.4, 0.8]}, ["maximize", "maximize"], reduction=3)
+    False
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import moocore
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from automtl import objectives
+from automtl.config import SearchConfig
+from automtl.metrics import MAXIMIZE
+from automtl.problems import Problem
+from automtl.records import RUNGS
+
+JUDGED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def judged_objectives(config: SearchConfig, problem: Problem) -> list[objectives.Objective]:
+    """The objectives a rung compares: every declared one except those measured on the shrunk model
+    (FLOPs and latency, which fine-tuning does not change)."""
+    return [o for o in objectives.declared(config, problem) if o.name not in objectives.STRUCTURAL]
+
+
+def crowding(points: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance of each point within ``points`` (the ends of every objective: inf)."""
+    n, distance = len(points), np.zeros(len(points))
+    if n <= 2:
+        return np.full(n, np.inf)
+    for column in points.T:
+        order = np.argsort(column, kind="stable")
+        span = column[order[-1]] - column[order[0]]
+        distance[order[[0, -1]]] = np.inf
+        if span > 0:
+            distance[order[1:-1]] += (column[order[2:]] - column[order[:-2]]) / span
+    return distance
+
+
+def ranking(points: np.ndarray) -> list[int]:
+    """Indices of ``points`` (rows, every column maximised) best first: non-dominated rank, crowding, index."""
+    ranks = moocore.pareto_rank(points, maximise=True)
+    crowd = np.zeros(len(points))
+    for rank in np.unique(ranks):
+        members = np.flatnonzero(ranks == rank)
+        crowd[members] = crowding(points[members])
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
+
+
+def goes_on(number: int, judged: Mapping[int, Sequence[float]], directions: Sequence[str], reduction: int) -> bool:
+    """Whether trial ``number`` is non-dominated among, or ranks among the best ``ceil(n / reduction)`` of,
+    the ``n`` trials ``judged`` at one rung (``{trial number: objective values}``, ``number`` among them)."""
+    numbers = sorted(judged)
+    signs = np.array([1.0 if d == MAXIMIZE else -1.0 for d in directions])
+    points = np.array([judged[n] for n in numbers], dtype=float).reshape(len(numbers), len(signs)) * signs
+    own = numbers.index(number)
+    if moocore.is_nondominated(points, maximise=True)[own]:
+        return True
+    return ranking(points).index(own) < math.ceil(len(numbers) / reduction)
+
+
+class RungGate:
+    """Judges one trial at its rungs through the study's storage (from any process that can open it)."""
+
+    def __init__(self, study: optuna.Study, number: int, directions: Sequence[str], reduction: int):
+        self.study, self.number = study, number
+        self.directions, self.reduction = list(directions), reduction
+        self.trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        self.recorded: dict[str, list[float]] = {}
+
+    @classmethod
+    def of(cls, study: optuna.Study, number: int, config: SearchConfig, problem: Problem) -> "RungGate | None":
+        """The gate of trial ``number``, or None when the config has no rungs."""
+        if config.rungs is None:
+            return None
+        return cls(study, number, [o.direction for o in judged_objectives(config, problem)], config.rungs.reduction)
+
+    def __call__(self, epochs: int, values: Sequence[float]) -> bool:
+        """Record ``values`` at the rung of ``epochs``; True when the trial goes on."""
+        key = str(epochs)
+        self.recorded[key] = [float(v) for v in values]
+        self.study._storage.set_trial_user_attr(self.trial_id, RUNGS, dict(self.recorded))
+        judged = {t.number: t.user_attrs[RUNGS][key] for t in self.study.get_trials(deepcopy=False, states=JUDGED)
+                  if key in t.user_attrs.get(RUNGS, {})}
+        judged[self.number] = self.recorded[key]
+        return goes_on(self.number, judged, self.directions, self.reduction)

@@ -1,0 +1,170 @@
+"""Multi-fidelity rungs, gradual pruning, the focus region and the seeded front."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from automtl.pruning import apply
+from automtl.pruning.gradual import GradualMasks, cubic_share
+from automtl.rundir import RunDir
+from automtl.rungs import goes_on, ranking
+from automtl.train import TrainConfig, batches_per_epoch, fit
+from tests.test_pruning import fresh, masks, zoo  # noqa: F401 (zoo is a fixture)
+from tests.test_search import FAST, SMOKE, cli
+
+MAX, MIN = "maximize", "minimize"
+# Smoke search with rungs at 1 and 2 of 4 epochs (halving), gradual pruning over the first epoch, on the
+# task "left" alone (two objectives: a small non-dominated set, so most plans stop).
+RUNGS = ["--set", "fine_tune.epochs=4", "--set", "rungs={min_epochs: 1, reduction: 2}",
+         "--set", "fine_tune.gradual={epochs: 1, steps: 4}", "--set", "fine_tune.schedule=cosine",
+         "--set", "problem.options.tasks=[left]"]
+
+
+def test_a_dominated_plan_is_not_promoted():
+    judged = {0: [0.5, 0.90, 0.90], 1: [0.6, 0.91, 0.92], 2: [0.4, 0.80, 0.85]}
+    assert not goes_on(0, judged, [MAX, MAX, MAX], reduction=3), "0 is dominated by 1"
+    assert goes_on(1, judged, [MAX, MAX, MAX], reduction=3)
+    assert not goes_on(2, judged, [MAX, MAX, MAX], reduction=3)
+
+
+def test_the_whole_front_goes_on_and_dominated_plans_fill_the_cut_by_crowding():
+    assert goes_on(7, {7: [0.1, 0.1]}, [MAX, MAX], reduction=3)
+    front = {n: [n / 10, 1 - n / 10] for n in range(3)}
+    behind = {n: [n / 10 - 0.5, 0.5 - n / 10] for n in range(3, 9)}  # a second front, each point dominated
+    judged = front | behind
+    kept = [n for n in judged if goes_on(n, judged, [MAX, MAX], reduction=2)]
+    assert kept[:3] == [0, 1, 2] and len(kept) == 5, "3 non-dominated + 2 more to reach ceil(9 / 2)"
+    assert {3, 8} <= set(kept), "the second front's ends, by crowding"
+
+
+def test_minimised_objectives_are_ranked_by_their_direction():
+    judged = {0: [0.5, 0.02], 1: [0.5, 0.30]}  # sparsity (max), mse (min)
+    assert goes_on(0, judged, [MAX, MIN], reduction=2)
+    assert not goes_on(1, judged, [MAX, MIN], reduction=2)
+    assert ranking(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.1, 0.1]]).numpy())[-1] == 3
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "resnet", "user_resnet", "gelu_mlp"])
+@pytest.mark.parametrize("steps", [[("magnitude", 0.3), ("activation", 0.3)], [("global_magnitude", 0.8)]])
+def test_gradual_pruning_ends_exactly_at_the_plans_masks(zoo, name, steps):
+    problem, model, ctx = fresh(zoo, name)
+    planned = apply(model, steps, ctx)
+    final = masks(model)
+    config = TrainConfig(epochs=2, batch_size=64, schedule="cosine")
+    span = batches_per_epoch(problem, config)
+    closing = GradualMasks(model, steps=5, span=span)
+    assert all(m.eq(1).all() for m in masks(model).values()), "masks reopen until the schedule closes them"
+    shares = []
+
+    def watch(step):
+        closing(step)
+        if step in closing.schedule:
+            removed = sum(int(m.eq(0).sum()) for m in masks(model).values())
+            shares.append(removed / sum(int(m.eq(0).sum()) for m in final.values()))
+
+    fit(model, problem, config, seed=0, before_step=watch)
+    after = masks(model)
+    assert all(torch.equal(after[k], final[k]) for k in final), "the last step restores the plan's masks exactly"
+    assert apply(model, [], ctx).sparsity == pytest.approx(planned.sparsity, abs=0)
+    assert shares == sorted(shares) and shares[-1] == 1.0
+    assert shares[0] == pytest.approx(cubic_share(1, 5), abs=0.02), "the cubic schedule removes most early"
+
+
+def test_global_magnitude_removes_exactly_its_share_across_layers(zoo):
+    problem, model, ctx = fresh(zoo, "mlp")
+    report = apply(model, [("global_magnitude", 0.9)], ctx)
+    weights = sum(layer.module.weight.numel() for layer in ctx.weight_layers)
+    removed = sum(int(layer.module.weight_mask.eq(0).sum()) for layer in ctx.weight_layers)
+    assert removed == math.floor(0.9 * weights)
+    per_layer = {layer.name: float(layer.module.weight_mask.eq(0).float().mean()) for layer in ctx.weight_layers}
+    assert max(per_layer.values()) - min(per_layer.values()) > 0.05, "ranked globally, not per layer"
+    assert report.sparsity > 0.85
+
+
+def _study(run_dir):
+    return RunDir(run_dir).load_study()
+
+
+def test_rungs_with_two_workers_spend_the_budget_exactly_and_only_full_fidelity_forms_the_front(tmp_path):
+    run_dir = tmp_path / "rungs"
+    cli("search", SMOKE, "--trials", 12, "--workers", 2, "--run-dir", run_dir, "--json", *FAST, *RUNGS,
+        "--set", "seed_front=[0.5, 0.9]", "--set", "pruning.strategies.global_magnitude=null",
+        "--set", "focus={min_relative: 0.8}")
+    study = _study(run_dir)
+    states = [t.state for t in study.trials]
+    assert len(states) == 12 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert states.count(TrialState.PRUNED) >= 3, "halving at two rungs stops most plans"
+    for t in study.trials:
+        rungs = t.user_attrs["rungs"]
+        if t.state == TrialState.COMPLETE:
+            assert set(rungs) == {"1", "2"} and t.user_attrs["sparsity"] == pytest.approx(rungs["1"][0])
+        else:
+            assert str(t.user_attrs["stopped_at"]) in rungs and t.values is None
+        assert set(t.constraints) == {"focus.left"}
+    assert [t.user_attrs["order"] for t in study.trials[:2]] == [["global_magnitude"]] * 2, "seeded plans first"
+    assert study.trials[1].user_attrs["thresholds"]["global_magnitude"] == pytest.approx(0.9)
+    assert set(study.user_attrs["focus"]) == {"left"}
+    status = cli("status", run_dir).stdout
+    assert "stopped_early" in status and "in focus" in status
+
+
+def _finished(run_dir):
+    if not (run_dir / "study.journal").exists():
+        return {}
+    return {t.number: (t.state, t.values, t.user_attrs.get("stopped_at"))
+            for t in _study(run_dir).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))}
+
+
+def test_a_kill_mid_rung_then_resume_loses_and_reruns_nothing(tmp_path):
+    run_dir = tmp_path / "killed"
+    args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--workers", "2",
+            "--run-dir", str(run_dir), "--json", *FAST, *RUNGS]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while len(_finished(run_dir)) < 5 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _finished(run_dir)
+    assert 5 <= len(before) < 24, f"the kill must land mid-search: {len(before)} finished"
+
+    cli("search", SMOKE, "--trials", 24, "--run-dir", run_dir, "--resume", "--json", *FAST, *RUNGS)
+    after = _finished(run_dir)
+    assert all(after[n] == v for n, v in before.items()), "a finished or stopped trial was lost or re-run"
+    assert len(after) == 24, "interrupted trials are re-spent, the budget is exact"
+    interrupted = [t for t in _study(run_dir).trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "gp", "random"])
+def test_every_sampler_runs_with_rungs_and_focus(tmp_path, sampler):
+    run_dir = tmp_path / sampler
+    cli("search", SMOKE, "--trials", 8, "--run-dir", run_dir, "--json", *FAST, *RUNGS, "--set", f"sampler.name={sampler}",
+        "--set", "sampler.population_size=4", "--set", "focus={min_relative: 0.9}", "--set", "tracking.enabled=false")
+    states = {t.state for t in _study(run_dir).trials}
+    assert len(_study(run_dir).trials) == 8 and states <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def test_stopped_trials_reach_mlflow_with_their_rungs(tmp_path):
+    from tests.test_tracking import cli as tracked_cli, study_runs
+
+    tracked_cli(tmp_path, "search", SMOKE, "--trials", 8, "--workers", 2, "--run-dir", "runs/smoke", "--json",
+                *FAST, *RUNGS)
+    c, _, children = study_runs(tmp_path)
+    study = _study(tmp_path / "runs" / "smoke")
+    assert sorted(children) == list(range(8))
+    for t in study.trials:
+        run = children[t.number]
+        history = {m.step for m in c.get_metric_history(run.info.run_id, "rung.accuracy.left")}
+        if t.state == TrialState.PRUNED:
+            assert run.info.status == "KILLED" and run.data.tags["state"] == "pruned"
+            assert int(run.data.tags["stopped_at"]) == max(history) and "accuracy.left" not in run.data.metrics
+        else:
+            assert run.info.status == "FINISHED" and history == {1, 2} and "accuracy.left" in run.data.metrics
