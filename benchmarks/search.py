@@ -256,7 +256,7 @@ def baseline_part(root: Path, args: argparse.Namespace) -> None:
             for lever, overrides in (LEVERS.items() if name in args.levers.split(",") else ()):
                 variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
                     f"seed={seed}", "tracking.enabled=false", "trials=100000", f"timeout={wall}",
-                    *(o.format(middle_lr=middle_lr) for o in overrides)], SPACES / f"{name}.yaml")
+                    *(o.replace("{middle_lr}", f"{middle_lr:g}") for o in overrides)], SPACES / f"{name}.yaml")
                 levers.setdefault((name, lever), []).append(_front_quality(variant, dense))
                 print(name, seed, lever, levers[(name, lever)][-1], flush=True)
     keys = list(rows[0][6])
