@@ -168,8 +168,12 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
 
 
 def _describe_dense(study: optuna.Study, bench: Bench) -> None:
-    """Once per study: store the dense model's metrics and measure the objectives' open bounds."""
-    if objectives.dense_metrics(study.user_attrs):
+    """Once per study: store the dense model's metrics and the focus floors, measure the objectives' open
+    bounds."""
+    attrs = study.user_attrs
+    if objectives.dense_metrics(attrs):
+        if bench.config.focus and focus.FOCUS not in attrs:  # cut off between the two writes
+            _set_focus(study, bench, objectives.dense_metrics(attrs, "val"))
         return
     problem, batch = bench.problem, bench.config.data.batch_size
     study.set_user_attr("dense_test_metrics", evaluate(bench.dense, problem, problem.test, batch))
@@ -177,7 +181,7 @@ def _describe_dense(study: optuna.Study, bench: Bench) -> None:
     study.set_user_attr("dense_val_metrics", dense_val)
     declared = objectives.of_study(study)
     if bench.config.focus:
-        study.set_user_attr(focus.FOCUS, focus.floors(bench.config.focus.min_relative, declared, dense_val))
+        _set_focus(study, bench, dense_val)
     if "objective_specs" not in study.user_attrs or objectives.bounded(declared):
         return
     try:
@@ -187,6 +191,11 @@ def _describe_dense(study: optuna.Study, bench: Bench) -> None:
                     "count 0 in the hypervolume", type(exc).__name__, exc)
         return
     study.set_user_attr("objective_specs", objectives.to_attrs(measured))
+
+
+def _set_focus(study: optuna.Study, bench: Bench, dense_val: dict[str, float]) -> None:
+    floors = focus.floors(bench.config.focus.min_relative, objectives.of_study(study), dense_val)
+    study.set_user_attr(focus.FOCUS, floors)
 
 
 @contextmanager

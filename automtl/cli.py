@@ -168,7 +168,8 @@ def cmd_search(args: argparse.Namespace) -> None:
     objectives = [Objective(**o) for o in summary.objectives]
     console.print(_front_table(summary.front, objectives, f"Pareto front ({len(summary.front)} trials)"))
     counts, tasks = summary.status["counts"], task_objectives(objectives)
-    console.print(f"{counts['complete']} complete, {counts['failed']} failed; hypervolume "
+    console.print(f"{counts['complete']} complete, {counts['stopped_early']} stopped early, {counts['failed']} "
+                  f"failed; hypervolume "
                   f"{summary.status['hypervolume']:.4f}; dense model (test) "
                   + ", ".join(f"{tasks[t].label} {tasks[t].format(v)}" for t, v in summary.dense_metrics.items())
                   + f"; run directory {summary.run_dir}", soft_wrap=True)
@@ -189,7 +190,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     if status["focus"]:
         floors = ", ".join(f"{task} {floor:.4g}" for task, floor in status["focus"].items())
         console.print(f"in focus (floors {floors}): {status['in_focus']} of {status['counts']['complete']} complete "
-                      f"trials, {status['front_in_focus']} of {status['front_size']} front trials", soft_wrap=True)
+                      f"trials, {status['front_in_focus']} of {status['front_size']} front trials; hypervolume in "
+                      f"focus {status['focus_hypervolume']:.4f}", soft_wrap=True)
     if status["failures"]:
         failed = Table("failed trials", "reason", title="failures")
         for reason, numbers in status["failures"].items():

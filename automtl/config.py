@@ -392,6 +392,9 @@ class SearchConfig(Strict):
         rng = self.pruning.strategies.get(SEED_STRATEGY)
         if rng is None:
             raise ValueError(f"seed_front needs the {SEED_STRATEGY!r} strategy in pruning.strategies")
+        if self.pruning.min_strategies != 1 or (self.pruning.order == "fixed" and len(self.pruning.strategies) > 1):
+            raise ValueError(f"seed_front plans use {SEED_STRATEGY!r} alone: they need pruning.min_strategies 1 "
+                             "and pruning.order searched (or no other strategy)")
         outside = [v for v in self.seed_front if not rng.low <= v <= rng.high]
         if outside:
             raise ValueError(f"seed_front {outside} lie outside pruning.strategies.{SEED_STRATEGY} "
@@ -438,7 +441,7 @@ class SearchConfig(Strict):
 
     def study_identity(self) -> dict[str, Any]:
         """The fields a resumed study must share with the original (budget and resources may change)."""
-        return self.model_dump(mode="json", exclude=set(RESUMABLE) | {"enqueue"})
+        return self.model_dump(mode="json", exclude=set(RESUMABLE) | {"enqueue", "seed_front"})
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:

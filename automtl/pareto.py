@@ -1,7 +1,8 @@
 """The Pareto front of a study, its ranks, knee and hypervolume, and constraints on trials.
 
-The front is Optuna's (``study.best_trials``: the non-dominated completed
-trials, in each objective's direction). Objectives, their directions and
+The front is the non-dominated set of the completed trials, in each
+objective's direction (weakly: equal trials are all kept), whatever their
+focus constraints; trials a rung stopped early never belong to it. Objectives, their directions and
 their bounds come from :mod:`automtl.objectives`.
 
 The **hypervolume** is computed by ``moocore`` on objectives normalised to
@@ -34,8 +35,13 @@ def completed(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
-    """The non-dominated completed trials, by trial number."""
-    return sorted(study.best_trials, key=lambda t: t.number) if completed(study) else []
+    """The non-dominated completed trials, by trial number (all of them: a focus region's constraints steer
+    the samplers, they do not hide trials; Optuna's ``best_trials`` would keep only the feasible ones)."""
+    trials = sorted(completed(study), key=lambda t: t.number)
+    if not trials:
+        return []
+    keep = moocore.is_nondominated(oriented(trials, of_study(study)), maximise=True, keep_weakly=True)
+    return [t for t, kept in zip(trials, keep) if kept]
 
 
 def _values(trials: list[FrozenTrial], objectives: list[Objective]) -> np.ndarray:

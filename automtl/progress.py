@@ -34,6 +34,7 @@ class Snapshot:
     focus: dict[str, float]  # the focus region's floor per task (empty: none)
     in_focus: int  # complete trials meeting every floor
     front_in_focus: int  # of them, on the front
+    focus_hypervolume: float  # the front's hypervolume inside the focus region (task nadirs at the floors)
 
     @property
     def finished(self) -> int:
@@ -50,7 +51,7 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
     for t in trials:
         counts[STATES[t.state]] += 1
     done = [t for t in trials if t.state.is_finished() and t.datetime_start and t.datetime_complete]
-    compute = sum(r.result.compute_seconds for r in records(done) if r.result)
+    compute = sum(r.compute_seconds for r in records(done))
     if started is None:
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
         ends = [t.datetime_complete.timestamp() for t in done]
@@ -78,4 +79,5 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         focus=floors,
         in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(complete)),
         front_in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(front)),
+        focus_hypervolume=pareto.hypervolume(front, focus.bounded_by(floors, declared)) if floors else 0.0,
     )

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial
 
 FAIL_REASON = "fail_reason"
 STOPPED_AT = "stopped_at"  # fine-tune epochs after which a rung stopped the trial
+COMPUTE_SECONDS = "compute_seconds"  # pruning + fine-tuning + evaluation (a stopped trial's: until it stopped)
 RUNGS = "rungs"  # {str(epochs): objective values} at each rung the trial was judged
 LEGACY_KEYS = {"metrics": "accuracy", "test_metrics": "test_accuracy"}  # names before tasks had metric names
 
@@ -56,7 +57,7 @@ class TrialResult:
     def to_attrs(self) -> dict[str, Any]:
         """Every field but the objective values (Optuna keeps those), plus ``compute_seconds``."""
         attrs = {k: v for k, v in asdict(self).items() if k != "values"}
-        return attrs | {"compute_seconds": self.compute_seconds}
+        return attrs | {COMPUTE_SECONDS: self.compute_seconds}
 
     @classmethod
     def from_attrs(cls, values: list[float], attrs: Mapping[str, Any]) -> "TrialResult":
@@ -82,6 +83,7 @@ class TrialRecord:
     fail_reason: str | None = None
     stopped_at: int | None = None
     rungs: dict[str, list[float]] = field(default_factory=dict)
+    stopped_seconds: float = 0.0  # what a stopped trial spent before its rung stopped it
 
     lr: float | None = None
     PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation", "lr")
@@ -96,7 +98,8 @@ class TrialRecord:
         plan = {k: attrs[k] for k in cls.PLAN if attrs.get(k) is not None}
         return cls(number, state, tuple(values) if values is not None else None, **plan,
                    worker=attrs.get("worker"), result=result, fail_reason=attrs.get(FAIL_REASON),
-                   stopped_at=attrs.get(STOPPED_AT), rungs=attrs.get(RUNGS) or {})
+                   stopped_at=attrs.get(STOPPED_AT), rungs=attrs.get(RUNGS) or {},
+                   stopped_seconds=attrs.get(COMPUTE_SECONDS, 0.0) if attrs.get(STOPPED_AT) is not None else 0.0)
 
     def to_attrs(self) -> dict[str, Any]:
         """The user attributes this record stores (its plan, worker, result, failure)."""
@@ -108,7 +111,7 @@ class TrialRecord:
         if self.fail_reason is not None:
             attrs[FAIL_REASON] = self.fail_reason
         if self.stopped_at is not None:
-            attrs[STOPPED_AT] = self.stopped_at
+            attrs |= {STOPPED_AT: self.stopped_at, COMPUTE_SECONDS: self.stopped_seconds}
         if self.rungs:
             attrs[RUNGS] = self.rungs
         return attrs
@@ -116,6 +119,11 @@ class TrialRecord:
     @property
     def plan(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.PLAN}
+
+    @property
+    def compute_seconds(self) -> float:
+        """What the trial spent computing: its result's, or a stopped trial's until its rung stopped it."""
+        return self.result.compute_seconds if self.result else self.stopped_seconds
 
     @property
     def complete(self) -> bool:

@@ -50,7 +50,8 @@ def dashboard(study: optuna.Study, run: RunDir) -> str:
         "complete / stopped early / failed":
             f"{snap.counts['complete']} / {snap.counts['stopped_early']} / {snap.counts['failed']}",
         "Pareto trials": str(snap.front_size),
-        **({"in focus (complete · front)": f"{snap.in_focus} · {snap.front_in_focus}"} if snap.focus else {}),
+        **({"in focus (complete · front)": f"{snap.in_focus} · {snap.front_in_focus}",
+            "hypervolume in focus": f"{snap.focus_hypervolume:.4f}"} if snap.focus else {}),
         "hypervolume": f"{snap.hypervolume:.4f}",
         "dense model (test)": " · ".join(f"{tasks[t].label} {tasks[t].format(v)}" for t, v in dense.items()
                                          if t in tasks) or "–",

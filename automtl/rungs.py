@@ -16,8 +16,10 @@ dashboard and MLflow); only trials that reach the full fine-tune are complete,
 so only they form the front. The first trial at a rung always goes on, as in
 ASHA (Li et al. 2020; multi-objective: Schmucker et al. 2021, syne-tune's
 ``MOASHA``). Records live in the study, so the rule works across worker
-processes, Ray workers and ``--resume``: a trial interrupted mid-rung fails as
-interrupted and its records stop counting.
+processes, Ray workers and ``--resume``. Locally a trial interrupted mid-rung
+fails as interrupted and its records stop counting (a new trial re-spends
+it); on Ray, ``Tuner.restore`` re-runs the same trial, which rewrites its
+records with the same values (trials are seeded by number).
 
 Example:
     >>> goes_on(2, {0: [0.5, 0.9], 1: [0.9, 0.9], 2: [0.4, 0.8]}, ["maximize", "maximize"], reduction=3)
@@ -80,7 +82,7 @@ def goes_on(number: int, judged: Mapping[int, Sequence[float]], directions: Sequ
     signs = np.array([1.0 if d == MAXIMIZE else -1.0 for d in directions])
     points = np.array([judged[n] for n in numbers], dtype=float).reshape(len(numbers), len(signs)) * signs
     own = numbers.index(number)
-    if moocore.is_nondominated(points, maximise=True)[own]:
+    if moocore.is_nondominated(points, maximise=True, keep_weakly=True)[own]:
         return True
     return ranking(points).index(own) < math.ceil(len(numbers) / reduction)
 

@@ -1,7 +1,9 @@
 """Run one :class:`~automtl.space.TrialPlan` end to end.
 
 prune (strategies in order, masks compose) -> fine-tune with the plan's task
-weighting, masks held, optionally distilling from the dense model ->
+weighting and learning rate, masks held (or closed gradually over the first
+epochs), optionally distilling from the dense model, judged at every rung
+milestone (:mod:`automtl.rungs`; a stopped trial raises :class:`TrialStopped`) ->
 recalibrate BatchNorm statistics for the final weights -> evaluate
 on validation (the objectives) and test (for the record) -> save the pruned
 weights compactly so the trial can be exported without re-running.
@@ -146,9 +148,9 @@ def weights_path(number: int) -> str:
 class TrialStopped(Exception):
     """A trial its rung stopped early (not failed: it ranked below the rung's cut)."""
 
-    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float]):
+    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float], seconds: float = 0.0):
         super().__init__(f"stopped after {epochs} fine-tune epoch(s)")
-        self.epochs, self.values, self.metrics = epochs, values, metrics
+        self.epochs, self.values, self.metrics, self.seconds = epochs, values, metrics, seconds
 
 
 Gate = Callable[[int, list[float]], bool]
@@ -186,6 +188,7 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
     if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
         raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
     if judge and judge.stopped:
+        judge.stopped.seconds = tuned - start
         raise judge.stopped
 
     make_permanent(model)

@@ -71,7 +71,7 @@ def replay_config(root: Path, study) -> Path:
 
 
 def compute(study) -> float:
-    return sum(r.result.compute_seconds for r in records(study.trials) if r.result)
+    return sum(r.compute_seconds for r in records(study.trials))
 
 
 def hv_after(study, n: int) -> float:
@@ -248,8 +248,9 @@ def baseline_part(root: Path, args: argparse.Namespace) -> None:
             study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], SPACES / f"{name}.yaml")
             dense = dense_metrics(study.user_attrs)
             points = baseline.run(root / run, wall, seed)
-            done = [t for t in study.trials if t.state.is_finished()]
-            rows.append((name, seed, wall, len(done), len(pareto.completed(study)), len(points),
+            stopped = [t for t in study.trials if t.state == TrialState.PRUNED]
+            rows.append((name, seed, wall, len(pareto.completed(study)) + len(stopped), len(pareto.completed(study)),
+                         len(points),
                          _front_quality(study, dense), quality([(p.sparsity, p.test_metrics) for p in points], dense)))
             print(rows[-1], flush=True)
             middle_lr = load(SPACES / f"{name}.yaml").fine_tune.train().lr

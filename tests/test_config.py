@@ -58,6 +58,8 @@ def test_set_overrides_any_field(tmp_path):
         (BASE + "fine_tune: {epochs: 3, schedule: linear}", "fine_tune.schedule", "'constant' or 'cosine'"),
         (BASE + "focus: {min_relative: 1.5}", "focus.min_relative", "less than or equal to 1"),
         (BASE + "seed_front: [0.9]", "", "needs the 'global_magnitude' strategy"),
+        ("pruning: {strategies: {global_magnitude: null, taylor: null}, order: fixed}\nseed_front: [0.9]", "",
+         "use 'global_magnitude' alone"),
         ("pruning: {strategies: {global_magnitude: {low: 0, high: 0.8}}}\nseed_front: [0.9]", "", "lie outside"),
         ("- just\n- a list", "", "must be a YAML mapping"),
     ],

@@ -12,27 +12,9 @@ from automtl.pruning import STRATEGIES, PruneContext, apply
 from automtl.pruning.activations import unit_activations
 from automtl.pruning.layers import discover, effective, present
 from automtl.train import TrainConfig, fit
-from tests.fixtures.zoo import ZOO, digits
+from tests.fixtures.zoo import ZOO
 
 STRUCTURED = sorted(s for s in STRATEGIES if STRATEGIES[s].structured)
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    """Every zoo model, briefly trained on its problem (cached per module)."""
-    trained = {}
-
-    def get(name):
-        if name not in trained:
-            layout, regression, factory = ZOO[name]
-            problem = digits(layout, regression, train_pairs=800, eval_pairs=200)
-            torch.manual_seed(0)
-            model = factory(problem)
-            fit(model, problem, TrainConfig(epochs=2, lr=3e-3), seed=0)
-            trained[name] = (problem, model)
-        return trained[name]
-
-    return get
 
 
 def fresh(zoo, name, **ctx_options):

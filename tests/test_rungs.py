@@ -1,11 +1,6 @@
 """Multi-fidelity rungs, gradual pruning, the focus region and the seeded front."""
 
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -16,8 +11,8 @@ from automtl.pruning.gradual import GradualMasks, cubic_share
 from automtl.rundir import RunDir
 from automtl.rungs import goes_on, ranking
 from automtl.train import TrainConfig, batches_per_epoch, fit
-from tests.test_pruning import fresh, masks, zoo  # noqa: F401 (zoo is a fixture)
-from tests.test_search import FAST, SMOKE, cli
+from tests.test_pruning import fresh, masks
+from tests.test_search import FAST, SMOKE, cli, kill_mid_search
 
 MAX, MIN = "maximize", "minimize"
 # Smoke search with rungs at 1 and 2 of 4 epochs (halving), gradual pruning over the first epoch, on the
@@ -107,12 +102,13 @@ def test_rungs_with_two_workers_spend_the_budget_exactly_and_only_full_fidelity_
             assert set(rungs) == {"1", "2"} and t.user_attrs["sparsity"] == pytest.approx(rungs["1"][0])
         else:
             assert str(t.user_attrs["stopped_at"]) in rungs and t.values is None
+            assert t.user_attrs["compute_seconds"] > 0, "a stopped trial's compute counts in status"
         assert set(t.constraints) == {"focus.left"}
     assert [t.user_attrs["order"] for t in study.trials[:2]] == [["global_magnitude"]] * 2, "seeded plans first"
     assert study.trials[1].user_attrs["thresholds"]["global_magnitude"] == pytest.approx(0.9)
     assert set(study.user_attrs["focus"]) == {"left"}
     status = cli("status", run_dir).stdout
-    assert "stopped_early" in status and "in focus" in status
+    assert "stopped_early" in status and "in focus" in status and "hypervolume in focus" in status
 
 
 def _finished(run_dir):
@@ -124,14 +120,8 @@ def _finished(run_dir):
 
 def test_a_kill_mid_rung_then_resume_loses_and_reruns_nothing(tmp_path):
     run_dir = tmp_path / "killed"
-    args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--workers", "2",
-            "--run-dir", str(run_dir), "--json", *FAST, *RUNGS]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while len(_finished(run_dir)) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_search(["search", SMOKE, "--trials", 24, "--workers", 2, "--run-dir", run_dir, "--json", *FAST, *RUNGS],
+                    run_dir, _finished, 5)
     before = _finished(run_dir)
     assert 5 <= len(before) < 24, f"the kill must land mid-search: {len(before)} finished"
 
@@ -168,3 +158,46 @@ def test_stopped_trials_reach_mlflow_with_their_rungs(tmp_path):
             assert int(run.data.tags["stopped_at"]) == max(history) and "accuracy.left" not in run.data.metrics
         else:
             assert run.info.status == "FINISHED" and history == {1, 2} and "accuracy.left" in run.data.metrics
+
+
+def test_the_focus_hypervolume_counts_only_what_meets_the_floors():
+    from automtl.focus import bounded_by, floors
+    from automtl.objectives import Objective
+    from automtl.pareto import hypervolume
+    from optuna.trial import create_trial
+
+    declared = [Objective("sparsity", MAX, 1.0, 0.0), Objective("accuracy.left", MAX, 1.0, 0.0, task="left"),
+                Objective("mse.ink", MIN, 0.0, 1.0, task="ink")]
+    floor = floors(0.8, declared, {"left": 0.9, "ink": 0.1})
+    assert floor == {"left": 0.72, "ink": 0.125}
+    inside = create_trial(values=[0.9, 0.81, 0.05])
+    outside = create_trial(values=[0.99, 0.70, 0.05])  # below the accuracy floor
+    focused = bounded_by(floor, declared)
+    assert hypervolume([outside], focused) == 0.0 < hypervolume([outside], declared)
+    assert hypervolume([inside], focused) == pytest.approx(0.9 * (0.81 - 0.72) / 0.28 * (0.125 - 0.05) / 0.125)
+
+
+def test_the_front_keeps_complete_trials_outside_the_focus_region():
+    import optuna
+
+    from automtl import pareto
+    from automtl.objectives import Objective, to_attrs
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    declared = [Objective("sparsity", MAX, 1.0, 0.0), Objective("accuracy.left", MAX, 1.0, 0.0, task="left")]
+    study.set_user_attr("objectives", [o.name for o in declared])
+    study.set_user_attr("objective_specs", to_attrs(declared))
+    for values, violation in [([0.5, 0.9], -0.1), ([0.99, 0.3], 0.4), ([0.4, 0.85], -0.05)]:
+        trial = study.ask()
+        trial.set_constraint("focus.left", violation)
+        study.tell(trial, values)
+    assert [t.number for t in study.best_trials] == [0], "Optuna's own front drops the infeasible trial"
+    assert [t.number for t in pareto.front(study)] == [0, 1], "ours keeps every non-dominated complete trial"
+
+
+def test_gradual_pruning_leaves_other_mask_buffers_alone(zoo):
+    problem, model, ctx = fresh(zoo, "mlp")
+    apply(model, [("global_magnitude", 0.5)], ctx)
+    model.register_buffer("attn_mask", torch.zeros(3))
+    GradualMasks(model, steps=2, span=4).close(1.0)
+    assert torch.equal(model.attn_mask, torch.zeros(3))

@@ -106,16 +106,22 @@ def _completed(run_dir):
     return {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
 
 
-def test_resume_after_sigkill_loses_nothing_and_finishes_the_budget(tmp_path):
-    run_dir = tmp_path / "killed"
-    args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--workers", "2",
-            "--run-dir", str(run_dir), "--json", *FAST, "--set", "fine_tune.epochs=3"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def kill_mid_search(args: list, run_dir: Path, finished, at_least: int) -> None:
+    """Run ``automtl *args`` and SIGKILL its whole process group once ``finished(run_dir)`` holds
+    ``at_least`` trials (or after two minutes)."""
+    proc = subprocess.Popen([sys.executable, "-m", "automtl", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while len(_completed(run_dir)) < 5 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while len(finished(run_dir)) < at_least and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_resume_after_sigkill_loses_nothing_and_finishes_the_budget(tmp_path):
+    run_dir = tmp_path / "killed"
+    kill_mid_search(["search", SMOKE, "--trials", 24, "--workers", 2, "--run-dir", run_dir, "--json", *FAST,
+                     "--set", "fine_tune.epochs=3"], run_dir, _completed, 5)
     before = _completed(run_dir)
     assert 5 <= len(before) < 24, "the kill must land mid-search"
 

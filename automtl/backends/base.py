@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from automtl import focus, progress, space
-from automtl.records import STOPPED_AT, TrialRecord, TrialResult, failure_attrs
+from automtl.records import COMPUTE_SECONDS, STOPPED_AT, TrialRecord, TrialResult, failure_attrs
 from automtl.config import SearchConfig
 from automtl.rundir import RunDir
 
@@ -81,9 +81,12 @@ def record_result(trial: optuna.Trial, result: TrialResult, study_attrs: Mapping
     _constrain(trial, result.metrics, study_attrs)
 
 
-def record_stop(trial: optuna.Trial, epochs: int, metrics: Mapping[str, float], study_attrs: Mapping[str, Any]) -> None:
-    """Store where a rung stopped the trial, and its focus constraints there (tell Optuna PRUNED afterwards)."""
+def record_stop(trial: optuna.Trial, epochs: int, metrics: Mapping[str, float], seconds: float,
+                study_attrs: Mapping[str, Any]) -> None:
+    """Store where a rung stopped the trial, what it cost, and its focus constraints there (tell Optuna
+    PRUNED afterwards)."""
     trial.set_user_attr(STOPPED_AT, epochs)
+    trial.set_user_attr(COMPUTE_SECONDS, seconds)
     _constrain(trial, metrics, study_attrs)
 
 

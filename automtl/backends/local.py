@@ -55,7 +55,7 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             record_plan(trial, plan, worker)
             result = trial_mod.run(plan, bench, trial.number, RungGate.of(study, trial.number, config, bench.problem))
         except trial_mod.TrialStopped as stop:
-            record_stop(trial, stop.epochs, stop.metrics, study.user_attrs)
+            record_stop(trial, stop.epochs, stop.metrics, stop.seconds, study.user_attrs)
             finished = study.tell(trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
             record_failure(trial, INTERRUPTED)

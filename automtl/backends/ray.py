@@ -127,7 +127,7 @@ class StudySearcher(OptunaSearch):
             return
         stop = json.loads(result[STOPPED]) if result and result.get(STOPPED) else None
         if stop is not None:
-            record_stop(ot_trial, stop["epochs"], stop["metrics"], self._ot_study.user_attrs)
+            record_stop(ot_trial, stop["epochs"], stop["metrics"], stop["seconds"], self._ot_study.user_attrs)
             ot_trial.set_user_attr("worker", stop["worker"])
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             return
@@ -186,14 +186,17 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
     worker = f"{socket.gethostname()}:{os.getpid()}"
     metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)}
     record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
+    gate = None
     try:
         if not bench.run_dir.is_dir():
             raise trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
                                         "put it on storage every node mounts (docs/cluster.md)")
-        result = trial_mod.run(plan, bench, number, _gate(bench, number))
+        gate = _gate(bench, number)
+        result = trial_mod.run(plan, bench, number, gate)
     except trial_mod.TrialStopped as stop:
-        record = replace(record, state="pruned", stopped_at=stop.epochs)
-        tune.report(metrics | {STOPPED: json.dumps({"epochs": stop.epochs, "metrics": stop.metrics, "worker": worker})})
+        record = replace(record, state="pruned", stopped_at=stop.epochs, stopped_seconds=stop.seconds)
+        tune.report(metrics | {STOPPED: json.dumps({"epochs": stop.epochs, "metrics": stop.metrics,
+                                                    "seconds": stop.seconds, "worker": worker})})
     except Exception as exc:  # noqa: BLE001 - the failure is recorded on the trial, the search goes on
         record = replace(record, state="fail", fail_reason=f"{type(exc).__name__}: {exc}")
         tune.report(metrics | {FAILED: record.fail_reason})
@@ -201,6 +204,7 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
         record = replace(record, state="complete", values=tuple(result.values), result=result)
         payload = {"values": result.values, "attrs": result.to_attrs(), "worker": worker}
         tune.report(metrics | dict(zip(metrics, result.values)) | {RESULT: json.dumps(payload)})
+    record = replace(record, rungs=dict(gate.recorded) if gate else {})
     tracker = _tracker(tracking_attrs)
     if tracker:
         tracker.log_trial(FrozenTrial(

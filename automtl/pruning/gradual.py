@@ -29,7 +29,7 @@ class GradualMasks:
         self.targets: list[tuple[nn.Module, str, Tensor]] = []
         for module in model.modules():
             for name, buffer in list(module.named_buffers(recurse=False)):
-                if name.endswith("_mask"):
+                if name.endswith("_mask") and hasattr(module, name[: -len("_mask")] + "_orig"):  # torch prune's
                     self.targets.append((module, name, buffer.detach().clone()))
                     buffer.fill_(1)
         span = max(1, span)
