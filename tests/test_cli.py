@@ -17,14 +17,16 @@ def test_problems_lists_tasks(capsys):
     assert "multimnist" in listing
 
 
-def test_strategies_lists_all_eight_with_threshold_ranges(capsys):
+def test_strategies_lists_every_strategy_with_its_threshold_range_and_scale(capsys):
     assert main(["strategies", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert sorted(listing) == ["activation", "clustering", "entropy", "magnitude",
+    assert sorted(listing) == ["activation", "clustering", "entropy", "global_magnitude", "magnitude",
                                "random", "sparse_opt", "stability", "taylor"]
     for row in listing.values():
         assert row["low"] < row["high"] and row["meaning"] and row["threshold"]
     assert listing["activation"]["structured"] and not listing["magnitude"]["structured"]
+    calibrated = sorted(name for name, row in listing.items() if row["calibrated"])
+    assert calibrated == ["global_magnitude", "random", "stability", "taylor"]
 
 
 def test_train_prints_per_task_metrics_and_reuses_cache(tmp_path, capsys):
