@@ -95,14 +95,15 @@ def test_failing_trials_on_ray_are_recorded_with_their_reason(tmp_path):
 
 
 def test_rungs_stop_trials_on_ray_workers_and_the_budget_is_exact(tmp_path):
-    search_cli("search", SMOKE, "--trials", 8, "--run-dir", tmp_path / "rungs", "--json", *FAST, *RAY, *RUNGS,
-               "--set", "tracking.enabled=false")
+    # reduction 8: one rung, after 1 of 4 epochs, where every plan dominated by an earlier one stops
+    search_cli("search", SMOKE, "--trials", 10, "--run-dir", tmp_path / "rungs", "--json", *FAST, *RAY, *RUNGS,
+               "--set", "rungs={min_epochs: 1, reduction: 8}", "--set", "tracking.enabled=false")
     study = RunDir(tmp_path / "rungs").load_study()
     states = [t.state for t in study.trials]
-    assert len(states) == 8 and set(states) == {TrialState.COMPLETE, TrialState.PRUNED}
+    assert len(states) == 10 and set(states) == {TrialState.COMPLETE, TrialState.PRUNED}
     stopped = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert all(str(t.user_attrs["stopped_at"]) in t.user_attrs["rungs"] for t in stopped), "rungs recorded by workers"
-    assert all(set(t.user_attrs["rungs"]) == {"1", "2"} for t in study.trials if t.state == TrialState.COMPLETE)
+    assert all(t.user_attrs["stopped_at"] == 1 and "1" in t.user_attrs["rungs"] for t in stopped), "recorded by workers"
+    assert all(set(t.user_attrs["rungs"]) == {"1"} for t in study.trials if t.state == TrialState.COMPLETE)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
