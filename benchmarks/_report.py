@@ -16,8 +16,9 @@ HEADER = "# Benchmarks\n\nFigures written by the scripts in `benchmarks/`; each 
 
 
 def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads, no GPU")
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {gpu}")
 
 
 def write_section(name: str, markdown: str) -> None:

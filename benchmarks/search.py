@@ -48,6 +48,7 @@ FLOORS = (0.80, 0.85, 0.90)
 
 # Speed runs replay one run's plans: every plan runs to the full fine-tune, none is seeded twice.
 REPLAYABLE = ["rungs=null", "seed_front=[]"]
+RAY_SECONDS = 90
 
 
 def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
@@ -56,6 +57,8 @@ def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
     api.search(config, overrides, run_dir)
     study = RunDir(run_dir).load_study()
     done = [t for t in study.trials if t.state.is_finished()]
+    if not done:  # e.g. a run stopped by its timeout before any trial finished
+        return study, float("nan")
     loop = max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
     return study, loop.total_seconds()
 
@@ -180,25 +183,60 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
 
 
 def gpu_part(root: Path, args: argparse.Namespace) -> None:
-    """Ray trials per minute on one GPU with 0.25 vs 1 GPU per trial: section ``search-gpu``."""
+    """Every CUDA path on one GPU, MLflow off: section ``search-gpu``.
+
+    Local backend on CUDA vs CPU on the same replayed plans; the ResNet search space (BatchNorm, residual
+    adds) searched on CUDA and its knee trial exported; then Ray with 1 vs 0.25 GPU per trial, each given
+    at most ``RAY_SECONDS`` (a Ray run that stalls shows as few trials per minute, not as a hang)."""
     import torch
 
-    started = time.perf_counter()
-    n = args.speed_trials
+    started, n = time.perf_counter(), args.speed_trials
+    quiet = ["tracking.enabled=false"]
     rows = []
+
+    def row(name: str, study, wall: float) -> None:
+        finished = sum(t.state.is_finished() for t in study.trials)
+        rows.append(f"| {name} | {finished} | {wall:.1f} s | {compute(study):.1f} s | {60 * finished / wall:.1f} |")
+        print(rows[-1], flush=True)
+
+    base, wall_cuda = search(root, "gpu-local", [f"trials={n}", "workers=1", "backend.device=cuda", *quiet,
+                                                 *REPLAYABLE])
+    row("local, CUDA", base, wall_cuda)
+    replay = replay_config(root, base)
+    cpu, wall_cpu = search(root, "cpu-local", [f"trials={n}", "workers=1", "backend.device=cpu", *quiet], replay)
+    row("local, CPU (all cores)", cpu, wall_cpu)
+    resnet_trials = max(8, n // 4)
+    resnet, wall_resnet = search(root, "gpu-resnet", [f"trials={resnet_trials}", "backend.device=cuda", *quiet],
+                                 SPACES / "resnet-mnist1d.yaml")
+    card = api.export_trial(root / "gpu-resnet", root / "gpu-resnet-export", pick="knee").card
+    exported = card["test_metrics"]
+    resnet_line = (
+        f"* resnet-mnist1d.yaml (BatchNorm, residual adds) on CUDA: {resnet_trials} trials in {wall_resnet:.1f} s, "
+        f"{sum(t.state == TrialState.COMPLETE for t in resnet.trials)} complete; its knee trial "
+        f"{card['trial']} exported: test metrics {_rounded(exported['exported_pytorch'])} (PyTorch), "
+        f"{_rounded(exported.get('exported_onnx', {}))} (ONNX), the trial measured "
+        f"{_rounded(exported['search'])}.")
+    print(resnet_line, flush=True)
     for share in (1.0, 0.25):
-        study, wall = search(root, f"gpu-{share}", [f"trials={n}", "backend.name=ray", "backend.device=cuda",
-                                                     f"backend.gpus_per_trial={share}", "backend.cpus_per_trial=1"])
-        rows.append((share, wall, compute(study)))
+        study, wall = search(root, f"gpu-ray-{share}", [f"trials={n}", f"timeout={RAY_SECONDS}", "backend.name=ray",
+                                                        "backend.device=cuda", f"backend.gpus_per_trial={share}",
+                                                        "backend.cpus_per_trial=1", *quiet], replay)
+        row(f"Ray, {share:g} GPU per trial ({int(1 / share)} at once)", study, wall)
     lines = [
-        "## Ray Tune on a GPU (`benchmarks/search.py --parts gpu`)", "",
-        f"multidigits.yaml, {n} trials on {torch.cuda.get_device_name(0)}, local Ray, 1 CPU per trial:", "",
-        "| GPUs per trial | trials at once | trial-loop wall | sum of trial compute | trials / min |",
-        "|---:|---:|---:|---:|---:|",
-        *[f"| {g:g} | {int(1 / g)} | {w:.1f} s | {c:.1f} s | {60 * n / w:.1f} |" for g, w, c in rows], "",
-        f"* 0.25 vs 1 GPU per trial: **{rows[0][1] / rows[1][1]:.2f}x** trials per minute.",
+        "## On a GPU (`benchmarks/gpu.sh`)", "",
+        f"{torch.cuda.get_device_name(0)}, MLflow off. multidigits.yaml, {n} trials replayed from the CUDA run "
+        "(`enqueue`, no rungs), so every row does the same work:", "",
+        "| backend | trials finished | trial-loop wall | sum of trial compute | trials / min |",
+        "|---|---:|---:|---:|---:|",
+        *rows, "",
+        f"* CUDA vs CPU, one trial at a time: **{wall_cpu / wall_cuda:.2f}x** trials per minute.",
+        resnet_line,
     ]
-    publish("search-gpu", lines, f"python benchmarks/search.py --parts gpu --speed-trials {n}", started)
+    publish("search-gpu", lines, f"bash benchmarks/gpu.sh (--speed-trials {n})", started)
+
+
+def _rounded(metrics: dict) -> dict:
+    return {task: round(value, 4) for task, value in metrics.items()}
 
 
 def quality(points: list[tuple[float, dict[str, float]]], dense: dict[str, float]) -> dict[str, float]:
