@@ -186,3 +186,34 @@ def require(trials: list[FrozenTrial], texts: list[str], objectives: list[Object
     described = "; ".join(
         f"trial {t.number} (" + ", ".join(f"{n} {metric(t, n):.4g}" for n, _, _ in constraints) + ")" for t in closest)
     raise UserError(f"no Pareto trial meets {' and '.join(texts)}; closest: {described}")
+
+
+def choose(study: optuna.Study, trial: int | None, pick: str | None, constraints: list[str]) -> FrozenTrial:
+    """The trial to export: an explicit number, or a Pareto point picked by rule under constraints.
+
+    ``knee`` is the balanced point, ``sparsest`` the highest sparsity, ``best-<task>`` the best value of
+    the task's metric in its direction (highest accuracy, lowest MSE, …)."""
+    objectives = of_study(study)
+    if trial is not None:
+        found = [t for t in study.trials if t.number == trial]
+        if not found:
+            raise UserError(f"trial {trial} does not exist; the study has trials 0-{len(study.trials) - 1}")
+        if found[0].state != TrialState.COMPLETE:
+            raise UserError(f"trial {trial} is {found[0].state.name.lower()}, not complete; only finished trials "
+                            f"can be exported (see `automtl pareto`)")
+        return found[0]
+    pick = pick or "knee"
+    columns = {o.name: j for j, o in enumerate(objectives)}
+    rules = {"knee": None, "sparsest": objectives[columns["sparsity"]]}
+    rules |= {f"best-{task}": objective for task, objective in task_objectives(objectives).items()}
+    if pick not in rules:
+        raise UserError(f"--pick {pick!r} is unknown; allowed: {list(rules)}")
+    points = front(study)
+    if not points:
+        raise UserError("the study has no completed trial to export yet")
+    candidates = require(points, constraints, objectives)
+    if rules[pick] is None:
+        return knee(study, candidates)
+    objective = rules[pick]
+    column = columns[objective.name]
+    return max(candidates, key=lambda t: t.values[column] if objective.maximize else -t.values[column])

@@ -86,11 +86,12 @@ def write_dashboard(run_dir: str | Path, output: str | Path | None = None) -> Pa
 
 
 def mlflow_artifacts(study: optuna.Study, run: RunDir) -> dict[str, str]:
-    """What the parent run carries: the front as JSON, every figure as self-contained HTML, the dashboard."""
-    artifacts = {"pareto_front.json": json.dumps(pareto.described_front(study), indent=1)}
+    """What the parent run carries: the front as JSON; every figure once, in the self-contained dashboard
+    (plotly.js inlined once, so MLflow's artifact viewer shows them offline); each figure as Plotly JSON."""
+    artifacts = {"pareto_front.json": json.dumps(pareto.described_front(study), indent=1),
+                 "dashboard.html": dashboard(study, run)}
     for name, fig in plots.figures(study).items():
-        artifacts[f"{name}.html"] = fig.to_html(include_plotlyjs=True, full_html=True)
-    artifacts["dashboard.html"] = dashboard(study, run)
+        artifacts[f"figures/{name}.plotly.json"] = fig.to_json()
     return artifacts
 
 

@@ -31,6 +31,8 @@ from automtl.records import TrialRecord
 log = logging.getLogger(__name__)
 
 ROLE, STUDY_TAG, TRIAL_TAG = "automtl.role", "automtl.study", "automtl.trial"
+# MLflow 3 opens an experiment without this tag in its GenAI view; ours are model training.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Fail fast instead of MLflow's multi-minute retry schedule when a server is down.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -201,7 +203,10 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
     attrs = study.user_attrs
     name = attrs.get("mlflow_experiment") or config.tracking.experiment or f"{config.name}/{run_dir.resolve().name}"
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, tags=EXPERIMENT_TAGS)
+    if experiment and any(experiment.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
+        for key, value in EXPERIMENT_TAGS.items():
+            client.set_experiment_tag(experiment_id, key, value)
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{attrs['study_uid']}' and tags.`{ROLE}` = 'study'"
     )
@@ -244,19 +249,18 @@ def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervo
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in artifacts.items():
             path = Path(tmp) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            client.log_artifact(parent, str(path))
+            client.log_artifact(parent, str(path), artifact_path=str(Path(name).parent) if "/" in name else None)
     return created
 
 
-def log_exported_model(study: optuna.Study, trial_number: int, model, example, register: str | None,
+def log_exported_model(study: optuna.Study, trial_number: int, out_dir: Path, example, register: str | None,
                        alias: str) -> dict:
-    """Log ``model`` with ``mlflow.pytorch.log_model`` under the trial's child run; optionally register it
-    as ``register`` with ``alias``. Returns where it went."""
+    """Log the export in ``out_dir`` under the trial's child run: its ONNX model with ``mlflow.onnx``
+    (no pickle; servable with MLflow's pyfunc) when it was written, else its files as artifacts; optionally
+    register the ONNX model as ``register`` with ``alias``. Returns where it went."""
     import mlflow
-    import torch
-
-    from automtl.models import task_outputs
 
     attrs = study.user_attrs
     if "mlflow_parent_run_id" not in attrs or not reachable(attrs["mlflow_uri"]):
@@ -266,17 +270,20 @@ def log_exported_model(study: optuna.Study, trial_number: int, model, example, r
     run_id = tracker._child_runs().get(trial_number)
     if run_id is None:
         raise RuntimeError(f"trial {trial_number} has no MLflow run (run `automtl report --sync-mlflow` first)")
+    onnx_file = out_dir / "model.onnx"
+    if not onnx_file.exists():
+        tracker.client.log_artifacts(run_id, str(out_dir), "exported")
+        return {"run_id": run_id, "model_uri": f"runs:/{run_id}/exported"}  # the files, not an MLflow model
+    import onnx
+    import onnxruntime
     from mlflow.models import infer_signature
 
-    with torch.no_grad():
-        outputs = {task: values.numpy() for task, values in
-                   task_outputs(model(torch.from_numpy(example)), attrs["tasks"]).items()}
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    outputs = dict(zip(attrs["tasks"], session.run(attrs["tasks"], {"input": example})))
     mlflow.set_tracking_uri(attrs["mlflow_uri"])
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=register,
-                                        signature=infer_signature(example, outputs),
-                                        serialization_format="pickle",  # pt2 needs tensor-only outputs, ours are per task
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="model", registered_model_name=register,
+                                     signature=infer_signature(example, outputs), save_as_external_data=False)
     logged = {"run_id": run_id, "model_uri": info.model_uri}
     if register:
         version = info.registered_model_version

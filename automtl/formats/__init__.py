@@ -1,0 +1,68 @@
+"""Export formats: a registry of writers, selected by name (``automtl export --format``).
+
+A writer takes what every format shares (:class:`Exported`: the shrunk model, the dense one, the problem,
+a latency batch) and a staging folder, writes its files there and returns what it measured
+(:class:`Written`): files, entries for ``card.json``, test metrics through its runtime, and runs to time.
+Add a format by adding a module with a ``write`` function and one line in :data:`WRITERS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import Tensor, nn
+
+from automtl.models import task_outputs
+from automtl.problems import Problem
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What every writer gets."""
+
+    model: nn.Module  # the trial's network, shrunk, in eval mode
+    dense: nn.Module  # the dense network it was pruned from, in eval mode
+    problem: Problem
+    sample: Tensor  # the latency batch
+    batch_size: int  # for scoring whole splits
+    source: dict[str, Any]  # how to rebuild the architecture: problem config, seed, model overrides
+    quantize: str | None = None
+
+
+@dataclass
+class Written:
+    """What a writer wrote and measured."""
+
+    files: dict[str, str] = field(default_factory=dict)  # kind -> file name in the export folder
+    card: dict[str, Any] = field(default_factory=dict)  # merged into card.json
+    test_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # runtime -> task -> metric
+    runs: dict[str, Callable[[], object]] = field(default_factory=dict)  # name -> one forward to time
+
+
+WRITERS = {
+    "onnx": "automtl.formats.onnx",
+    "torchscript": "automtl.formats.torch_export",
+    "safetensors": "automtl.formats.dense_weights",
+    "sparse": "automtl.formats.sparse",
+}
+QUANTIZE = ("int8",)  # dynamic quantisation of the ONNX model
+
+
+def write(name: str, exported: Exported, folder: Path) -> Written:
+    """Run the writer registered as ``name`` (imported on first use)."""
+    return importlib.import_module(WRITERS[name]).write(exported, folder)
+
+
+class TaskTuple(nn.Module):
+    """Wraps a multi-task model so it returns a tuple in task order (for ONNX / torch.export)."""
+
+    def __init__(self, model: nn.Module, task_names: list[str]):
+        super().__init__()
+        self.model, self.task_names = model, task_names
+
+    def forward(self, x):
+        out = task_outputs(self.model(x), self.task_names)
+        return tuple(out[t] for t in self.task_names)
