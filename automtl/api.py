@@ -9,7 +9,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import optuna
 
@@ -19,6 +19,7 @@ from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
 from automtl.problems import Problem, get_problem
+from automtl.records import TrialRecord
 from automtl.pruning import PruneContext
 from automtl.rundir import RunDir, open_storage
 from automtl.train import TrainConfig, dense_model, evaluate
@@ -62,9 +63,11 @@ def train_dense(
     """Train (or load from cache) the dense model of ``problem`` and evaluate it per task.
 
     Example:
-        >>> report = train_dense("multidigits", seed=0)  # doctest: +SKIP
-        >>> report.metrics
-        {'left': 0.92..., 'right': 0.93...}
+        >>> import tempfile
+        >>> dense = train_dense("multidigits", {"train_pairs": 600, "eval_pairs": 200}, config=TrainConfig(epochs=2),
+        ...                     cache_dir=tempfile.mkdtemp())
+        >>> sorted(dense.metrics), dense.cached
+        (['left', 'right'], False)
     """
     prob = get_problem(problem, seed=seed, **(options or {}))
     spec = prob.default_model.override(**(model or {}))
@@ -112,13 +115,13 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     return None if old == new else (path, old, new)
 
 
-def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool, explicit_config: bool) -> SearchConfig:
+def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool) -> SearchConfig:
     """Check what may be done with ``run``; on resume, return the stored config with the new budget."""
     if resume:
         run.require()
         stored = run.load_config()
         difference = _first_difference(stored.study_identity(), config.study_identity())
-        if explicit_config and difference:
+        if difference:
             field, old, new = difference
             raise UserError(
                 f"--resume: the config differs from the one {run.path} was started with in {field!r} "
@@ -212,40 +215,49 @@ def _stop_when_disk_full(run: RunDir) -> Iterator[None]:
 
 
 def search(
-    config_path: str | Path,
-    overrides: list[str] = (),
+    config: SearchConfig | Mapping[str, Any] | str | Path,
+    problem: Problem | None = None,
     run_dir: str | Path | None = None,
+    *,
+    overrides: list[str] = (),
     resume: bool = False,
     on_progress=None,
 ) -> SearchSummary:
-    """Run (or resume) the joint search described by a search-space file.
+    """Run (or resume) a joint search; everything is validated before anything is written.
 
-    Everything is validated (file, problem, tasks) before anything is written.
+    ``config`` is a :class:`~automtl.config.SearchConfig`, a mapping shaped like a search-space file, or
+    such a file's path; ``overrides`` (``key.sub=value``) apply first. ``problem`` searches that
+    :class:`~automtl.Problem` object instead of the config's: the run records its name only, so pass it
+    again to resume or export. ``run_dir`` defaults to ``runs/<name>``.
 
     Example:
-        >>> summary = search("search_spaces/smoke.yaml", ["trials=4"], "runs/demo")  # doctest: +SKIP
-        >>> summary.front[0]["order"]
-        ['activation', 'magnitude']
+        >>> import tempfile, automtl
+        >>> problem = automtl.get_problem("multidigits", train_pairs=600, eval_pairs=200)
+        >>> config = {"dense": {"epochs": 2}, "fine_tune": {"epochs": 1}, "trials": 3,
+        ...           "pruning": {"strategies": {"global_magnitude": None}}, "tracking": {"enabled": False}}
+        >>> summary = automtl.search(config, problem, run_dir=tempfile.mkdtemp() + "/demo")
+        >>> summary.status["counts"]["complete"]
+        3
     """
-    config = config_mod.load(config_path, list(overrides))
+    config = config_mod.coerce(config, list(overrides))
+    given = problem is not None
+    if given:
+        config = config.model_copy(update={"problem": config_mod.ProblemConfig.given(problem)})
     run = RunDir(run_dir or Path("runs") / config.name)
-    config = _prepare_run_dir(config, run, resume, explicit_config=True)
-    problem = config.build_problem()
+    config = _prepare_run_dir(config, run, resume)
+    problem = problem if given else config.build_problem()
     config.check(problem.task_names)
     total_parameters = _check_model(config, problem)
     backend = get_backend(config.backend.name)
     backend.preflight(config)
+    if given and not problem.in_memory and not backend.ships_datasets(config):
+        raise UserError(f"problem {problem.name!r} reads Dataset splits, which {config.backend.name} workers "
+                        "cannot receive as an object; run it with the local backend on CPU, or name its factory "
+                        "in the config (problem.name: package.module:function) so every worker builds it")
     if config.storage and not resume:
         open_storage(config.storage)  # reachable, driver installed: checked before anything is written
     with run.exclusive(), _stop_when_disk_full(run):
-        if resume:
-            cut = run.repair_journal()
-            if cut:
-                log.warning("study.journal ended in an incomplete last record (%d bytes, from a crash or a full "
-                            "disk); removed it, every finished trial before it is kept", cut)
-            study = run.load_study()
-        else:
-            study = _create_study(run, config, problem, total_parameters)
+        study = _open_study(run, config, problem, total_parameters, resume)
         run.write_config(config)
         tracker = tracking.start(study, config, run.path)
         bench = Bench.prepare(config, run.path, problem)
@@ -254,21 +266,37 @@ def search(
             backend.run(run, config, bench, on_progress)
         except KeyboardInterrupt:
             raise SearchInterrupted(str(run.path)) from None
-        study = run.load_study()
-        report.write_dashboard(run.path)
-        if tracker:
-            try:
-                tracking.sync(study, tracker, {t.number for t in pareto.front(study)},
-                              pareto.hypervolume_history(study), report.mlflow_artifacts(study, run))
-            except Exception as exc:  # noqa: BLE001 - the study is complete; MLflow is only a view
-                log.warning("final MLflow sync failed (%s); run `automtl report %s --sync-mlflow` later", exc, run.path)
-        return SearchSummary(
-            run_dir=str(run.path),
-            status=progress.take(study, config.trials).as_dict(),
-            front=pareto.described_front(study),
-            objectives=objectives.to_attrs(objectives.of_study(study)),
-            dense_metrics=objectives.dense_metrics(study.user_attrs),
-        )
+        return _finish(run, config, tracker)
+
+
+def _finish(run: RunDir, config: SearchConfig, tracker) -> SearchSummary:
+    """The dashboard, the final MLflow sync (best effort) and the summary of a finished search."""
+    study = run.load_study()
+    report.write_dashboard(run.path)
+    if tracker:
+        try:
+            tracking.sync(study, tracker, {t.number for t in pareto.front(study)},
+                          pareto.hypervolume_history(study), report.mlflow_artifacts(study, run))
+        except Exception as exc:  # noqa: BLE001 - the study is complete; MLflow is only a view
+            log.warning("final MLflow sync failed (%s); run `automtl report %s --sync-mlflow` later", exc, run.path)
+    return SearchSummary(
+        run_dir=str(run.path),
+        status=progress.take(study, config.trials).as_dict(),
+        front=pareto.described_front(study),
+        objectives=objectives.to_attrs(objectives.of_study(study)),
+        dense_metrics=objectives.dense_metrics(study.user_attrs),
+    )
+
+
+def _open_study(run: RunDir, config: SearchConfig, problem: Problem, total_parameters: int,
+                resume: bool) -> optuna.Study:
+    if not resume:
+        return _create_study(run, config, problem, total_parameters)
+    cut = run.repair_journal()
+    if cut:
+        log.warning("study.journal ended in an incomplete last record (%d bytes, from a crash or a full disk); "
+                    "removed it, every finished trial before it is kept", cut)
+    return run.load_study()
 
 
 def status(run_dir: str | Path) -> dict:
@@ -299,10 +327,44 @@ def sync_mlflow(run_dir: str | Path) -> dict:
     return report.sync_mlflow(run_dir)
 
 
-def export_trial(run_dir, out_dir, trial=None, pick=None, constraints=(), formats=None, quantize=None,
-                 register=None, alias="candidate"):
-    """Export a trial (see :mod:`automtl.export`)."""
-    from automtl import export
+def export(run_dir: str | Path, out_dir: str | Path, *, trial: int | None = None, pick: str | None = None,
+           require: list[str] = (), formats: list[str] | None = None, quantize: str | None = None,
+           register: str | None = None, alias: str = "candidate", problem: Problem | None = None):
+    """Export one trial of a run as a genuinely smaller model into the new folder ``out_dir``.
 
-    return export.export(run_dir, out_dir, trial, pick, list(constraints), formats or list(export.FORMATS),
-                         quantize, register, alias)
+    The trial is ``trial``, or the Pareto point ``pick`` (``knee`` by default, ``sparsest``,
+    ``best-<task>``) among those meeting ``require`` (``left>=0.9``). ``formats`` are names from
+    :data:`automtl.formats.WRITERS` (all by default). Pass ``problem`` when the search was given a
+    Problem object. Returns the folder and ``card.json``'s contents.
+
+    Example:
+        >>> import automtl
+        >>> result = automtl.export(run_dir, run_dir + "-knee", pick="knee", formats=["sparse"], problem=problem)
+        >>> model = automtl.load_pruned(result.out_dir, problem)
+        >>> model(problem.test.sample(2).inputs)["left"].shape
+        torch.Size([2, 10])
+    """
+    from automtl import exporting
+
+    return exporting.export(run_dir, out_dir, trial, pick, list(require), formats or list(exporting.FORMATS),
+                            quantize, register, alias, problem)
+
+
+def load_study(run_dir: str | Path) -> optuna.Study:
+    """The Optuna study of a run (read-only use: trials, values, user attributes)."""
+    return RunDir(run_dir).require().load_study()
+
+
+def front(run_dir: str | Path, where: list[str] = ()) -> list[TrialRecord]:
+    """The Pareto trials of a run as typed records (plan, result, metrics), by trial number; ``where``
+    keeps those meeting constraints like ``left>=0.92``.
+
+    Example:
+        >>> import automtl
+        >>> best = max(automtl.front(run_dir), key=lambda r: r.result.sparsity)
+        >>> 0 < best.result.sparsity < 1
+        True
+    """
+    study = load_study(run_dir)
+    kept = pareto.require(pareto.front(study), list(where), objectives.of_study(study))
+    return [TrialRecord.from_trial(t) for t in sorted(kept, key=lambda t: t.number)]

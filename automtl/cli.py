@@ -29,8 +29,10 @@ from rich.table import Table
 
 from automtl import api
 from automtl.objectives import Objective, task_objectives
-from automtl.config import read_yaml
+from automtl.config import DEVICES, read_yaml
+from automtl.backends import BACKENDS
 from automtl.errors import UserError
+from automtl.formats import QUANTIZE, WRITERS
 from automtl.problems import PROBLEMS
 from automtl.pruning import STRATEGIES
 from automtl.train import TrainConfig
@@ -152,7 +154,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     try:
         with err_console.status("validating, preparing the dense model…"):
-            summary = api.search(args.config, overrides, args.run_dir, args.resume, show)
+            summary = api.search(args.config, run_dir=args.run_dir, overrides=overrides, resume=args.resume,
+                                 on_progress=show)
     except api.SearchInterrupted as stop:
         bar.stop()
         flags = "".join(f" --{flag.replace('_', '-')} {getattr(args, flag)}" for flag in BACKEND_FLAGS
@@ -222,8 +225,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     with err_console.status("exporting…"):
-        result = api.export_trial(args.run_dir, args.output, args.trial, args.pick, args.require, formats,
-                                  args.quantize, args.register, args.alias)
+        result = api.export(args.run_dir, args.output, trial=args.trial, pick=args.pick, require=args.require,
+                            formats=formats, quantize=args.quantize, register=args.register, alias=args.alias)
     card = result.card
     params, files = card["parameters"], card["files"]
     table = Table("", "dense", "exported", title=f"trial {card['trial']} → {result.out_dir}")
@@ -246,11 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="automtl", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, func in (("problems", "list the built-in problems and their tasks", cmd_problems),
+                                  ("strategies", "list the pruning strategies and their thresholds", cmd_strategies)):
+        sub.add_parser(name, help=help_text).add_argument("--json", action="store_true")
+        sub.choices[name].set_defaults(func=func)
+    _add_search(sub)
+    _add_views(sub)
+    _add_export(sub)
+    _add_train(sub)
+    return parser
 
-    p = sub.add_parser("problems", help="list the built-in problems and their tasks")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_problems)
 
+def _add_search(sub) -> None:
     p = sub.add_parser("search", help="run (or resume) the joint search of a search-space file")
     p.add_argument("config", help="a search-space YAML file, e.g. search_spaces/smoke.yaml")
     p.add_argument("--trials", type=int, help="trial budget (overrides the file)")
@@ -258,19 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where the study lives (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
     ray = p.add_argument_group("backend", "who runs the trials (see docs/cluster.md)")
-    ray.add_argument("--backend", choices=["local", "ray"], help="local worker processes (default) or Ray Tune")
+    ray.add_argument("--backend", choices=list(BACKENDS), help="local worker processes (default) or Ray Tune")
     ray.add_argument("--address", help="ray: join this cluster (auto or HOST:PORT); default starts a local Ray")
     ray.add_argument("--cpus-per-trial", type=float, metavar="C", help="ray: CPUs reserved per trial (default 1)")
     ray.add_argument("--gpus-per-trial", type=float, metavar="G",
                      help="ray: GPUs per trial; fractions share a GPU, e.g. 0.25 (default 0)")
     ray.add_argument("--max-concurrent", type=int, metavar="K", help="ray: at most K trials at once")
-    ray.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                     help="where trials compute (auto = CUDA when the worker has a GPU)")
+    ray.add_argument("--device", choices=DEVICES, help="where trials compute (auto = CUDA when the worker has a GPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, e.g. --set fine_tune.epochs=2 (repeatable)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON, no progress bar")
     p.set_defaults(func=cmd_search)
 
+
+def _add_views(sub) -> None:
+    """The commands that read a run directory: status, pareto, report."""
     p = sub.add_parser("status", help="trial counts by state and time spent of a run directory")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
@@ -290,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-mlflow", action="store_true", help="re-create every MLflow run from the study storage")
     p.set_defaults(func=cmd_report)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a trial as a smaller ONNX / torch.export / safetensors model")
     p.add_argument("run_dir")
     which = p.add_mutually_exclusive_group()
@@ -298,18 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require", action="append", default=[], metavar="NAME>=VALUE",
                    help="constraint on the picked trial, as for `pareto --where`: left>=0.9, mse.sum<=1.5, "
                         "sparsity>=0.8 (repeatable)")
-    p.add_argument("--format", default=",".join(("onnx", "torchscript", "safetensors")),
-                   help="comma-separated: onnx, torchscript (torch.export .pt2), safetensors")
-    p.add_argument("--quantize", help="int8: also write a dynamically quantised ONNX model")
-    p.add_argument("--register", metavar="NAME", help="register the model in MLflow under NAME")
+    p.add_argument("--format", default=",".join(WRITERS),
+                   help=f"comma-separated, from {', '.join(WRITERS)} (default: all)")
+    p.add_argument("--quantize", choices=QUANTIZE, help="also write a dynamically quantised ONNX model")
+    p.add_argument("--register", metavar="NAME", help="register the ONNX model in MLflow under NAME")
     p.add_argument("--alias", default="candidate", help="alias of the registered version (default candidate)")
     p.add_argument("-o", "--output", required=True, help="a new (or empty) output folder")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("strategies", help="list the pruning strategies and their thresholds")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_strategies)
 
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train and evaluate the dense model of a problem")
     p.add_argument("problem", help="a built-in problem name or 'package.module:function'")
     p.add_argument("-o", "--option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -325,7 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="dense checkpoint cache (default $AUTOMTL_CACHE_DIR or ~/.cache/automtl)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_train)
-    return parser
 
 
 def _terminate(_signum, _frame):

@@ -8,9 +8,11 @@ checks it against the problem it names (tasks exist).
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +21,15 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
                       model_validator)
 
+from automtl.backends import BACKENDS
 from automtl.errors import UserError
 from automtl.models import ARCHITECTURES
 from automtl.problems import Problem, get_problem
 from automtl.pruning import STRATEGIES
 from automtl.pruning.base import AGGREGATES, HEADS
+from automtl.samplers import SAMPLERS
 from automtl.train import SCHEDULES, TrainConfig
-from automtl.weighting import WEIGHTINGS
+from automtl.weighting import WEIGHTINGS, options_of
 
 class Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false; so ``off: 2`` and ``on``/``yes``/``no`` stay strings."""
@@ -47,10 +51,11 @@ def read_yaml(text: str):
 
 
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
-SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 # "metrics": every task's metric (accuracy, mse, ...); "accuracy" is its older name.
 OBJECTIVES = ("sparsity", "metrics", "parameters", "flops", "latency_ms")
 SEED_STRATEGY = "global_magnitude"
+DEVICES = ("auto", "cpu", "cuda")  # where trials compute
+IN_MEMORY = "in-memory:"  # problem.name of a run whose Problem was passed as an object
 RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend", "data")
 
 
@@ -84,7 +89,16 @@ class ProblemConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     pythonpath: list[str] = Field(default_factory=list)
 
+    @classmethod
+    def given(cls, problem: Problem) -> "ProblemConfig":
+        """Stands for a problem passed as an object: recorded by name, never rebuilt from the config."""
+        return cls(name=f"{IN_MEMORY}{problem.name}")
+
     def build(self, seed: int) -> Problem:
+        if self.name.startswith(IN_MEMORY):
+            raise UserError(f"this run's problem ({self.name[len(IN_MEMORY):]!r}) was passed to automtl.search as a "
+                            "Problem object, so it cannot be rebuilt from the config; pass the same Problem again "
+                            "(problem=...)")
         for folder in reversed(self.pythonpath):
             if folder not in sys.path:
                 sys.path.insert(0, folder)
@@ -226,10 +240,24 @@ class PruningConfig(Strict):
 
 
 class LossWeightsConfig(Strict):
-    """``method``: one of LOSS_METHODS, or a list of them searched as a categorical."""
+    """``method``: one of LOSS_METHODS, or a list of them searched as a categorical; ``options``: each
+    dynamic method's hyperparameters, e.g. ``{gradnorm: {alpha: 1.0}, dwa: {temperature: 1.5}}``."""
 
     method: Literal[LOSS_METHODS] | list[Literal[LOSS_METHODS]] = "simplex"
     weights: dict[str, float] | None = None
+    options: dict[str, dict[str, PositiveFloat]] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value):
+        for method, options in value.items():
+            if method not in WEIGHTINGS or method == "static":
+                raise ValueError(f"{method!r} takes no options; methods with options: "
+                                 f"{[m for m in WEIGHTINGS if options_of(m)]}")
+            unknown = sorted(set(options) - set(options_of(method)))
+            if unknown:
+                raise ValueError(f"{method} has no option {unknown[0]!r}; allowed: {options_of(method)}")
+        return value
 
     @property
     def methods(self) -> list[str]:
@@ -262,7 +290,7 @@ class DistillationConfig(Strict):
 
 
 class SamplerConfig(Strict):
-    name: Literal[SAMPLERS] = "tpe"
+    name: Literal[tuple(SAMPLERS)] = "tpe"
     startup_trials: PositiveInt = 10
     population_size: PositiveInt = 20
 
@@ -300,12 +328,12 @@ class BackendConfig(Strict):
     ``auto`` or HOST:PORT = join a cluster). ``device``: where each trial computes (``auto`` = CUDA when
     the worker has a GPU, else CPU)."""
 
-    name: Literal["local", "ray"] = "local"
+    name: Literal[tuple(BACKENDS)] = "local"
     address: str | None = None
     cpus_per_trial: PositiveFloat = 1.0
     gpus_per_trial: float = Field(0.0, ge=0.0)
     max_concurrent: PositiveInt | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal[DEVICES] = "auto"
 
     @model_validator(mode="after")
     def _ray_options_need_ray(self) -> "BackendConfig":
@@ -497,12 +525,27 @@ def load(path: str | Path, overrides: list[str] = ()) -> SearchConfig:
         raise UserError(f"cannot read search space {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"search space {path} is not valid YAML: {exc}") from None
-    raw = {} if raw is None else raw
+    return _from_raw({} if raw is None else raw, overrides, path.stem, path.parent)
+
+
+def coerce(source: SearchConfig | Mapping[str, Any] | str | Path, overrides: list[str] = ()) -> SearchConfig:
+    """A validated config from a :class:`SearchConfig`, a mapping shaped like a search-space file (name
+    defaults to ``search``, ``pythonpath`` relative to the working directory) or a file's path."""
+    if isinstance(source, SearchConfig):
+        return _from_raw(source.model_dump(mode="json"), overrides, source.name, Path.cwd()) if overrides else source
+    if isinstance(source, Mapping):
+        return _from_raw(copy.deepcopy(dict(source)), overrides, "search", Path.cwd())
+    if isinstance(source, (str, Path)):
+        return load(source, overrides)
+    raise UserError(f"a search config is a SearchConfig, a mapping or a search-space path, got {type(source).__name__}")
+
+
+def _from_raw(raw: Any, overrides: list[str], name: str, base: Path) -> SearchConfig:
     if isinstance(raw, dict):
-        raw.setdefault("name", path.stem)
+        raw.setdefault("name", name)
         for text in overrides:
             _set(raw, *parse_override(text))
         problem = raw.get("problem")
         if isinstance(problem, dict) and isinstance(problem.get("pythonpath"), list):
-            problem["pythonpath"] = [str((path.parent / str(p)).resolve()) for p in problem["pythonpath"]]
+            problem["pythonpath"] = [str((base / str(p)).resolve()) for p in problem["pythonpath"]]
     return validate(raw)

@@ -36,7 +36,7 @@ from automtl.space import TrialPlan
 from automtl.rungs import judged_objectives
 from automtl.train import (Distillation, batches_per_epoch, dense_model, evaluate, fit, predict,
                            recalibrate_batchnorm)
-from automtl.weighting import make_weighting
+from automtl.weighting import Weighting, make_weighting
 
 log = logging.getLogger(__name__)
 
@@ -176,29 +176,10 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
     planned = apply(model, plan.steps, ctx)
     pruned = time.perf_counter()
 
-    weighting = make_weighting("static" if plan.loss_weights else plan.loss_method, problem.task_names, plan.loss_weights)
-    distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
-    train = config.fine_tune.train(plan.lr)
-    gradual = config.fine_tune.gradual
-    closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(problem, train)))
-               if gradual else None)
-    judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
-    history = fit(model, problem, train, seed, weighting, distill, before_step=closing, after_epoch=judge)
+    weighting = _fine_tune(model, plan, bench, (problem, dense), ctx, planned, seed, gate, start)
     tuned = time.perf_counter()
-    if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
-        raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
-    if judge and judge.stopped:
-        judge.stopped.seconds = tuned - start
-        raise judge.stopped
-
-    make_permanent(model)
-    recalibrate_batchnorm(model, ctx.calibration, config.fine_tune.batch_size)
-    report = apply(model, [], ctx)  # accounting after fine-tuning (masks held, so unchanged)
-    metrics = evaluate(model, problem, problem.val, config.data.batch_size)
-    test_metrics = evaluate(model, problem, problem.test, config.data.batch_size)
-    structure = shrunk_costs(model, problem, config)
+    report, metrics, test_metrics, structure = _evaluate(model, ctx, problem, config)
     evaluated = time.perf_counter()
-    _require_finite(metrics, test_metrics)
 
     values = [float(v) for v in _measures(report, metrics, problem, structure, objectives.declared(config, problem))]
     relative = weights_path(number)
@@ -219,6 +200,40 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
         eval_seconds=evaluated - tuned,
         weights=relative,
     )
+
+
+def _fine_tune(model: nn.Module, plan: TrialPlan, bench: Bench, placed: tuple[Problem, nn.Module], ctx: PruneContext,
+               planned: PipelineReport, seed: int, gate, start: float) -> Weighting:
+    """Fine-tune the pruned ``model`` with the plan's loss weighting, distillation weight and learning rate
+    (closing the masks gradually if configured); raise TrialStopped when a rung stops it."""
+    config, (problem, dense) = bench.config, placed
+    method = "static" if plan.loss_weights else plan.loss_method
+    weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
+    distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
+    train = config.fine_tune.train(plan.lr)
+    gradual = config.fine_tune.gradual
+    closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(problem, train)))
+               if gradual else None)
+    judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
+    history = fit(model, problem, train, seed, weighting, distill, before_step=closing, after_epoch=judge)
+    if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
+        raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
+    if judge and judge.stopped:
+        judge.stopped.seconds = time.perf_counter() - start
+        raise judge.stopped
+    return weighting
+
+
+def _evaluate(model: nn.Module, ctx: PruneContext, problem: Problem, config: SearchConfig):
+    """Masks made permanent, BatchNorm recalibrated; the sparsity report, validation and test metrics and
+    the structural costs of the shrunk model."""
+    make_permanent(model)
+    recalibrate_batchnorm(model, ctx.calibration, config.fine_tune.batch_size)
+    report = apply(model, [], ctx)  # accounting after fine-tuning (masks held, so unchanged)
+    metrics = evaluate(model, problem, problem.val, config.data.batch_size)
+    test_metrics = evaluate(model, problem, problem.test, config.data.batch_size)
+    _require_finite(metrics, test_metrics)
+    return report, metrics, test_metrics, shrunk_costs(model, problem, config)
 
 
 def _require_finite(*metric_sets: dict[str, float]) -> None:

@@ -176,7 +176,7 @@ def resnet_search(tmp_path_factory):
 
 def test_every_pareto_trial_of_a_resnet_search_exports_as_exactly_the_trial_model(resnet_search, tmp_path):
     from automtl import pareto
-    from automtl.export import export, load_trial_model
+    from automtl.exporting import export, load_trial_model
     from automtl.objectives import of_study
 
     run = RunDir(resnet_search)
@@ -231,7 +231,7 @@ def test_a_unit_whose_zero_is_not_silent_keeps_its_layer_whole(small_digits):
 
 
 def test_an_export_that_would_change_the_model_is_refused_and_writes_nothing(searched, tmp_path, monkeypatch):
-    from automtl import export as export_mod
+    from automtl import exporting as export_mod
     from automtl.errors import UserError
     from automtl.pruning.shrink import ShrinkReport
 

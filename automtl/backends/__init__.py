@@ -1,7 +1,8 @@
 """Who runs the trials: a registry of backends selected by ``backend.name``.
 
 A backend module exposes ``preflight(config)``, which refuses what cannot run
-before anything is written, and ``run(run_dir, config, bench, on_progress)``,
+before anything is written, ``ships_datasets(config)``, whether its workers can receive a
+problem object whose splits are Datasets, and ``run(run_dir, config, bench, on_progress)``,
 which runs the study in ``run_dir`` to its budget (the caller holds the
 run-directory lock).
 Backends differ only in who runs :func:`automtl.trial.run`, never in what it

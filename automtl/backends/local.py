@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 
 from automtl import progress, space, tracking
 from automtl import trial as trial_mod
-from automtl.backends.base import (INTERRUPTED, budget_used, make_sampler, mark_interrupted, record_failure,
+from automtl.samplers import make_sampler
+from automtl.backends.base import (INTERRUPTED, budget_used, mark_interrupted, record_failure,
                                    record_plan, record_result, record_stop, recover, reporting)
 from automtl.config import SearchConfig
 from automtl.errors import is_disk_full
@@ -119,6 +120,16 @@ def preflight(config: SearchConfig) -> None:
     """Nothing to check before the run directory is written: this machine is always there."""
 
 
+def ships_datasets(config: SearchConfig) -> bool:
+    """Workers are forked (CPU), so they inherit a problem object whose splits are Datasets."""
+    return config.workers == 1 or _forks(config)
+
+
+def _forks(config: SearchConfig) -> bool:
+    on_cuda = trial_mod.resolve_device(config.backend.device).type == "cuda"
+    return "fork" in multiprocessing.get_all_start_methods() and not on_cuda
+
+
 def run(
     run_dir: RunDir,
     config: SearchConfig,
@@ -129,13 +140,11 @@ def run(
     recover(run_dir.load_study())
     deadline = time.time() + config.timeout if config.timeout else None
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
-    # Forked workers inherit the prepared bench (problem + dense model); spawned ones rebuild it.
-    on_cuda = trial_mod.resolve_device(config.backend.device).type == "cuda"
-    forking = "fork" in multiprocessing.get_all_start_methods() and not on_cuda
-    ctx = multiprocessing.get_context("fork" if forking else "spawn")
-    inherited = bench if forking else None
+    # Forked workers inherit the prepared bench (problem + dense model); spawned ones get it pickled
+    # (Bench.__getstate__: a problem read from Datasets is rebuilt there from the config).
+    ctx = multiprocessing.get_context("fork" if _forks(config) else "spawn")
     children = [
-        ctx.Process(target=_child, args=(str(run_dir.path), w, deadline, threads, os.getpid(), inherited))
+        ctx.Process(target=_child, args=(str(run_dir.path), w, deadline, threads, os.getpid(), bench))
         for w in range(1, config.workers)
     ]
     previous_threads = torch.get_num_threads()

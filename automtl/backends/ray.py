@@ -49,7 +49,8 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from automtl import objectives, progress, space, tracking
 from automtl import trial as trial_mod
-from automtl.backends.base import (budget_used, make_sampler, mark_interrupted, record_failure, record_plan,
+from automtl.samplers import make_sampler
+from automtl.backends.base import (budget_used, mark_interrupted, record_failure, record_plan,
                                    record_result, record_stop, recover, reporting)
 from automtl.config import SearchConfig
 from automtl.records import TrialRecord, TrialResult
@@ -217,6 +218,11 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
 
 def _trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"trial-{trial.config[NUMBER]:06d}-{trial.trial_id}"
+
+
+def ships_datasets(config: SearchConfig) -> bool:
+    """Ray pickles the bench into its object store: a problem read from Datasets goes without its data."""
+    return False
 
 
 def preflight(config: SearchConfig) -> None:

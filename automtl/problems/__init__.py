@@ -26,8 +26,13 @@ from automtl.problems.multimnist import multimnist
 
 @dataclass(frozen=True)
 class ProblemEntry:
+    """A built-in problem: its factory, whose module declares ``DEFAULT_TASKS`` and a one-line summary."""
+
     factory: Callable[..., Problem]
-    tasks: tuple[str, ...]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return inspect.getmodule(self.factory).DEFAULT_TASKS
 
     @property
     def summary(self) -> str:
@@ -36,9 +41,9 @@ class ProblemEntry:
 
 
 PROBLEMS: dict[str, ProblemEntry] = {
-    "multidigits": ProblemEntry(multidigits, ("left", "right")),
-    "mnist1d-pair": ProblemEntry(mnist1d_pair, ("first", "second")),
-    "multimnist": ProblemEntry(multimnist, ("left", "right")),
+    "multidigits": ProblemEntry(multidigits),
+    "mnist1d-pair": ProblemEntry(mnist1d_pair),
+    "multimnist": ProblemEntry(multimnist),
 }
 
 

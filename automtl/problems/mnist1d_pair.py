@@ -17,6 +17,8 @@ from automtl.errors import UserError
 from automtl.models import ModelSpec
 from automtl.problems.base import Problem, Split, Task
 
+DEFAULT_TASKS = ("first", "second")
+
 
 def _generate(num_samples: int, seed: int) -> dict:
     """Run mnist1d's generator without leaking its global numpy/random seeding."""
@@ -36,7 +38,7 @@ def _split(first: np.ndarray, second: np.ndarray, y1: np.ndarray, y2: np.ndarray
     x = np.stack([first, second], axis=1).astype(np.float32)
     return Split(
         inputs=torch.from_numpy(x),
-        targets={"first": torch.from_numpy(y1.astype(np.int64)), "second": torch.from_numpy(y2.astype(np.int64))},
+        targets={name: torch.from_numpy(y.astype(np.int64)) for name, y in zip(DEFAULT_TASKS, (y1, y2))},
     )
 
 
@@ -55,7 +57,7 @@ def mnist1d_pair(num_samples: int = 10000, seed: int = 0) -> Problem:
     bxt, byt = b["x_test"][perm_test], b["y_test"][perm_test]
     return Problem(
         name="mnist1d-pair",
-        tasks=[Task("first", 10), Task("second", 10)],
+        tasks=[Task(name, 10) for name in DEFAULT_TASKS],
         train=_split(a["x"][:cut], bx[:cut], a["y"][:cut], by[:cut]),
         val=_split(a["x"][cut:], bx[cut:], a["y"][cut:], by[cut:]),
         test=_split(a["x_test"], bxt, a["y_test"], byt),

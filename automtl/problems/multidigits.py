@@ -21,7 +21,8 @@ from automtl.problems._pairs import overlay_pairs, split_indices
 from automtl.metrics import mse, mse_value
 from automtl.problems.base import Problem, Split, Task
 
-TASKS = {
+DEFAULT_TASKS = ("left", "right")
+TASKS = {  # every task the problem can carry (option ``tasks``)
     "left": Task("left", 10),
     "right": Task("right", 10),
     "sum": Task("sum", loss=mse, metric=mse_value, metric_name="mse", direction="minimize"),
@@ -35,9 +36,10 @@ def _with_tasks(split: Split, tasks: list[str]) -> Split:
 
 def multidigits(
     off: int = 2, train_pairs: int = 20000, eval_pairs: int = 2000, seed: int = 0,
-    tasks: list[str] = ["left", "right"],  # noqa: B006 - validated and never mutated
+    tasks: list[str] | None = None,
 ) -> Problem:
-    """Build the problem; ``seed`` fixes the pool split and the pairing."""
+    """Build the problem; ``seed`` fixes the pool split and the pairing; ``tasks`` default to left and right."""
+    tasks = list(DEFAULT_TASKS) if tasks is None else tasks
     if not tasks or len(set(tasks)) != len(tasks) or not set(tasks) <= set(TASKS):
         raise UserError(f"multidigits option 'tasks' must list distinct tasks from {list(TASKS)}, got {tasks!r}")
     if not 1 <= off <= 8:
@@ -60,5 +62,5 @@ def multidigits(
         test=_with_tasks(overlay_pairs(images, labels, test_pool, eval_pairs, off, rng), tasks),
         default_model=ModelSpec(arch="mlp", hidden=(256, 128)),
         options={"off": off, "train_pairs": train_pairs, "eval_pairs": eval_pairs, "seed": seed,
-                 **({"tasks": tasks} if tasks != ["left", "right"] else {})},
+                 **({"tasks": tasks} if tasks != list(DEFAULT_TASKS) else {})},
     )

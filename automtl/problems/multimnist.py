@@ -19,6 +19,8 @@ from automtl.models import ModelSpec
 from automtl.problems._pairs import overlay_pairs, split_indices
 from automtl.problems.base import Problem, Task
 
+DEFAULT_TASKS = ("left", "right")
+
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -93,7 +95,7 @@ def multimnist(root: str, train_pairs: int | None = None, eval_pairs: int | None
     test_pool = np.arange(len(test_images))
     return Problem(
         name="multimnist",
-        tasks=[Task("left", 10), Task("right", 10)],
+        tasks=[Task(name, 10) for name in DEFAULT_TASKS],
         train=overlay_pairs(train_images, arrays["train_labels"], train_pool,
                             train_pairs or len(train_pool), 6, rng, canvas=36),
         val=overlay_pairs(train_images, arrays["train_labels"], val_pool,
