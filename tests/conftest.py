@@ -1,13 +1,51 @@
+import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from automtl.problems import get_problem
 from automtl.train import TrainConfig, fit
 from tests.fixtures.zoo import ZOO, digits
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+# Screenshots and tallies the suite keeps for the docs: never inside the checkout.
+ARTIFACTS = Path(os.environ.get("AUTOMTL_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "automtl-test-artifacts")
+# Written by the tools that run the suite, not by the tests.
+TOOL_CACHES = (".venv/", "__pycache__/", ".pytest_cache/", "automtl.egg-info/")
+CHECKOUT = pytest.StashKey[frozenset]()
+settings.register_profile("no-database", database=None)  # hypothesis keeps no .hypothesis/ folder
+settings.load_profile("no-database")
+
+
+def _checkout_state() -> frozenset[str] | None:
+    """``git status`` of the checkout, untracked and ignored files included (None outside a git checkout)."""
+    try:
+        listed = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return frozenset(line for line in listed.splitlines() if not any(c in line for c in TOOL_CACHES))
+
+
+def pytest_sessionstart(session):
+    session.config.stash[CHECKOUT] = _checkout_state()
+    # Every search a test starts logs to a database of the session's own, whatever folder it runs in.
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='automtl-mlflow-')}/mlflow.db"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves the checkout as it found it: it fails if any file appeared, changed state or went."""
+    before, after = session.config.stash.get(CHECKOUT, None), _checkout_state()
+    if before is None or after is None or before == after:
+        return
+    session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+        f"FAILED: the tests changed the checkout: {sorted(before ^ after)[:10]}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

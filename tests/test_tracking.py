@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ARTIFACTS
 from tests.test_search import FAST, SMOKE
 
 TRIALS = 8
@@ -61,9 +62,14 @@ def test_search_logs_one_parent_and_one_child_per_trial(tracked):
     history = c.get_metric_history(parent.info.run_id, "hypervolume")
     assert sorted(m.step for m in history) == list(range(TRIALS))
     assert all(a.value <= b.value for a, b in zip(sorted(history, key=lambda m: m.step), sorted(history, key=lambda m: m.step)[1:]))
-    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
-    assert {"dashboard.html", "tradeoff.html", "front_3d.html", "parameters.html", "hypervolume.html",
-            "orders.html", "pareto_front.json"} <= artifacts
+    artifacts = {a.path: a.file_size for a in c.list_artifacts(parent.info.run_id)}
+    figures = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
+    assert {"dashboard.html", "pareto_front.json", "figures"} <= set(artifacts)
+    assert {f"figures/{name}.plotly.json" for name in ("tradeoff", "front_3d", "parameters", "hypervolume",
+                                                       "orders")} <= figures
+    assert [path for path in artifacts if path.endswith(".html")] == ["dashboard.html"], "plotly.js goes once"
+    experiment = c.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "opens in the training view"
 
 
 def test_pareto_tags_match_the_pareto_command(tracked):
@@ -140,17 +146,32 @@ def test_dashboard_is_self_contained_with_every_figure_and_the_front(tracked, tm
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
-def test_dashboard_template_ships_in_the_wheel(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path,
-                    root], check=True, capture_output=True)
+def test_a_wheel_installed_elsewhere_ships_the_dashboard_and_renders_it(tracked, tmp_path):
+    """Built from a copy of the checkout (nothing is written into it), installed into a folder of its own."""
     import zipfile
 
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "src"
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "runs",
+                                                                  "mlruns", "mlflow.db", "test-artifacts"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path,
+                    source], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("automtl-*.whl")
-    assert "automtl/dashboards/dashboard.html" in zipfile.ZipFile(wheel).namelist()
-
-
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "automtl/dashboards/dashboard.html" in names
+    assert {f"automtl/{p.relative_to(root / 'automtl')}" for p in (root / "automtl").rglob("*.py")} <= set(names)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel], check=True,
+                   capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import automtl; print(automtl.__file__)"], capture_output=True,
+                           text=True, cwd=tmp_path, env=env, check=True).stdout
+    assert where.startswith(str(site))
+    page = tmp_path / "page.html"
+    rendered = subprocess.run([sys.executable, "-m", "automtl", "report", tracked / "runs" / "smoke", "-o", page],
+                              capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    assert page.read_text().count('id="figure-') >= 5
 
 
 def test_dashboard_renders_in_headless_chromium(tracked):
@@ -165,7 +186,7 @@ def test_dashboard_renders_in_headless_chromium(tracked):
     assert dom.stdout.count('class="main-svg"') >= 5, "plotly drew no SVG"
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "Uncaught" in line or "ERROR" in line], console
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
     subprocess.run([*flags, "--window-size=1400,2600", f"--screenshot={shot}", page], capture_output=True, timeout=120)

@@ -1,7 +1,7 @@
 """Shared by the fault-injection suite: real ``automtl`` processes, and a tally of the faults survived.
 
-The tally is written to ``test-artifacts/reliability.json`` at the end of the run; docs/reliability.md
-quotes it.
+The tally is written to ``reliability.json`` in the test artifacts folder (``tests.conftest.ARTIFACTS``)
+at the end of the run; docs/reliability.md quotes it.
 """
 
 import json
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ARTIFACTS
+
 ROOT = Path(__file__).resolve().parents[2]
 FAULTY = Path(__file__).with_name("faulty.py")
-ARTIFACTS = ROOT / "test-artifacts"
 _TALLY: Counter = Counter()
 
 
@@ -32,7 +33,7 @@ def tally():
     """Count faults injected (kills, fuzz cases, failing trials, …) for docs/reliability.md."""
     yield _TALLY
     if _TALLY:
-        ARTIFACTS.mkdir(exist_ok=True)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "reliability.json").write_text(json.dumps(dict(sorted(_TALLY.items())), indent=2) + "\n")
 
 
