@@ -99,7 +99,7 @@ def search(root: Path, name: str, options: dict, trials: int) -> tuple[float, li
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     start = time.perf_counter()
-    api.search(path, [], root / name)
+    api.search(path, run_dir=root / name)
     wall = time.perf_counter() - start
     study = RunDir(root / name).load_study()
     return wall, [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials]

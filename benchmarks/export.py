@@ -47,13 +47,13 @@ def points(tasks: list[str], floor: float) -> dict[str, dict]:
 def run_search(name: str, trials: int, tmp: Path) -> list[tuple[str, dict]]:
     space, floor = SEARCHES[name]
     run_dir = tmp / name
-    api.search(space, [f"trials={trials}", "tracking.enabled=false"], run_dir)
+    api.search(space, run_dir=run_dir, overrides=[f"trials={trials}", "tracking.enabled=false"])
     tasks = RunDir(run_dir).load_study().user_attrs["tasks"]
     rows = []
     for label, how in points(tasks, floor).items():
         out = tmp / f"{name}-{len(rows)}"
-        card = api.export_trial(run_dir, out, pick=how["pick"], constraints=how.get("constraints", []),
-                                quantize="int8").card
+        card = api.export(run_dir, out, pick=how["pick"], require=how.get("constraints", []),
+                          quantize="int8").card
         rows.append((label, card))
         print(name, label, json.dumps(card["latency_ms"]), flush=True)
     return rows

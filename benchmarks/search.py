@@ -54,7 +54,7 @@ RAY_SECONDS = 90
 def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
     """Run one search; return its study and the wall time of its trial loop."""
     run_dir = root / name
-    api.search(config, overrides, run_dir)
+    api.search(config, run_dir=run_dir, overrides=overrides)
     study = RunDir(run_dir).load_study()
     done = [t for t in study.trials if t.state.is_finished()]
     if not done:  # e.g. a run stopped by its timeout before any trial finished
@@ -208,7 +208,7 @@ def gpu_part(root: Path, args: argparse.Namespace) -> None:
     resnet_trials = max(8, n // 4)
     resnet, wall_resnet = search(root, "gpu-resnet", [f"trials={resnet_trials}", "backend.device=cuda", *quiet],
                                  SPACES / "resnet-mnist1d.yaml")
-    card = api.export_trial(root / "gpu-resnet", root / "gpu-resnet-export", pick="knee").card
+    card = api.export(root / "gpu-resnet", root / "gpu-resnet-export", pick="knee").card
     exported = card["test_metrics"]
     resnet_line = (
         f"* resnet-mnist1d.yaml (BatchNorm, residual adds) on CUDA: {resnet_trials} trials in {wall_resnet:.1f} s, "
@@ -261,8 +261,7 @@ LEVERS = {
     "without the seeded front": ["seed_front=[]"],
     "without the focus region": ["focus=null"],
     "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
-    "with gradual pruning": ["fine_tune.gradual={epochs: 1, steps: 8}"],
-    "with a cosine schedule": ["fine_tune.schedule=cosine"],
+    "with 9 fine-tune epochs": ["fine_tune.epochs=9"],  # the previous fidelity: rungs at 1 and 3
 }
 
 
@@ -275,64 +274,62 @@ def _cell(key: str, value: float) -> str:
 
 
 def baseline_part(root: Path, args: argparse.Namespace) -> None:
-    """automtl vs the hand-written baseline at equal wall-clock (section ``search-baseline``); on the problems
-    named by ``--levers``, also the default with each lever off, given the same wall-clock."""
-    started = time.perf_counter()
+    """automtl vs the hand-written baseline at equal wall-clock, one section per problem
+    (``search-baseline-<problem>``); on the problems named by ``--levers``, also the default with each
+    lever switched, given the same wall-clock."""
+    for name in args.problems.split(","):
+        _baseline_problem(root, args, name, with_levers=name in args.levers.split(","))
+
+
+def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_levers: bool) -> None:
+    started, space = time.perf_counter(), SPACES / f"{name}.yaml"
     rows, levers = [], {}
     budget = [f"trials={args.trials}"] if args.trials else []
-    for name in args.problems.split(","):
-        for seed in range(args.seeds):
-            run = f"{name}-{seed}"
-            study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], SPACES / f"{name}.yaml")
-            dense = dense_metrics(study.user_attrs)
-            points = baseline.run(root / run, wall, seed)
-            stopped = [t for t in study.trials if t.state == TrialState.PRUNED]
-            rows.append((name, seed, wall, len(pareto.completed(study)) + len(stopped), len(pareto.completed(study)),
-                         len(points),
-                         _front_quality(study, dense), quality([(p.sparsity, p.test_metrics) for p in points], dense)))
-            print(rows[-1], flush=True)
-            middle_lr = load(SPACES / f"{name}.yaml").fine_tune.train().lr
-            for lever, overrides in (LEVERS.items() if name in args.levers.split(",") else ()):
-                variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
-                    f"seed={seed}", "tracking.enabled=false", "trials=100000", f"timeout={wall}",
-                    *(o.replace("{middle_lr}", f"{middle_lr:g}") for o in overrides)], SPACES / f"{name}.yaml")
-                levers.setdefault((name, lever), []).append(_front_quality(variant, dense))
-                print(name, seed, lever, levers[(name, lever)][-1], flush=True)
-    keys = list(rows[0][6])
+    middle_lr = load(space).fine_tune.train().lr
+    for seed in range(args.seeds):
+        run = f"{name}-{seed}"
+        study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], space)
+        dense = dense_metrics(study.user_attrs)
+        points = baseline.run(root / run, wall, seed)
+        complete = len(pareto.completed(study))
+        stopped = sum(t.state == TrialState.PRUNED for t in study.trials)
+        rows.append((seed, wall, complete + stopped, complete, len(points), _front_quality(study, dense),
+                     quality([(p.sparsity, p.test_metrics) for p in points], dense)))
+        print(name, rows[-1], flush=True)
+        for lever, overrides in (LEVERS.items() if with_levers else ()):
+            variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
+                f"seed={seed}", "tracking.enabled=false", "trials=100000", f"timeout={wall}",
+                *(o.replace("{middle_lr}", f"{middle_lr:g}") for o in overrides)], space)
+            levers.setdefault(lever, []).append(_front_quality(variant, dense))
+            print(name, seed, lever, levers[lever][-1], flush=True)
+    keys = list(rows[0][5])
+    means = {k: (statistics.mean(r[5][k] for r in rows), statistics.mean(r[6][k] for r in rows)) for k in keys}
     lines = [
-        "## automtl vs the hand-written baseline (`benchmarks/search.py --parts baseline`)", "",
-        "Each automtl search (the problem's search space as shipped) against `benchmarks/baseline.py` (Optuna TPE "
+        f"## automtl vs the hand-written baseline on {name} (`benchmarks/search.py --parts baseline`)", "",
+        f"The automtl search (`search_spaces/{name}.yaml` as shipped) against `benchmarks/baseline.py` (Optuna TPE "
         "over a global-magnitude amount and task weights, the same full fine-tune with a constant learning rate) "
         "given the automtl search's trial-loop wall-clock, on the same data and dense model. Test metrics; every "
         "cell is automtl / baseline. trials: automtl's (complete of them, the rest stopped early by rungs) / the "
         "baseline's. HV@r: hypervolume of (sparsity, each task's accuracy) above the reference point (r, r, …); a "
         "floor column: the highest sparsity whose test accuracies all reach it.", "",
-        "| problem | seed | wall | trials | " + " | ".join(keys) + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(keys),
-        *[f"| {n} | {s} | {w:.0f} s | {a} ({c}) / {b} | " + " | ".join(
-            f"{_cell(k, qa[k])} / {_cell(k, qb[k])}" for k in keys) + " |" for n, s, w, a, c, b, qa, qb in rows],
+        "| seed | wall | trials | " + " | ".join(keys) + " |",
+        "|---:|---:|---:|" + "---:|" * len(keys),
+        *[f"| {s} | {w:.0f} s | {a} ({c}) / {b} | " + " | ".join(
+            f"{_cell(k, qa[k])} / {_cell(k, qb[k])}" for k in keys) + " |" for s, w, a, c, b, qa, qb in rows],
+        "| mean | | | " + " | ".join(f"**{_cell(k, a)} / {_cell(k, b)}**" for k, (a, b) in means.items()) + " |",
+        "", f"* HV@0.8 ratio automtl / baseline: **{means['HV@0.8'][0] / means['HV@0.8'][1]:.2f}x**; max sparsity "
+        f"within 1 pt of dense: **{100 * (means['dense-1pt'][0] - means['dense-1pt'][1]):+.1f} pts**.",
     ]
-    for name in dict.fromkeys(r[0] for r in rows):
-        mine = [r for r in rows if r[0] == name]
-        means = {k: (statistics.mean(r[6][k] for r in mine), statistics.mean(r[7][k] for r in mine)) for k in keys}
-        lines.append(f"| {name} | mean | | | " + " | ".join(
-            f"**{_cell(k, a)} / {_cell(k, b)}**" for k, (a, b) in means.items()) + " |")
     if levers:
-        lines += ["", "What each lever contributes: the default search with one lever switched off (or on, for those "
-                  "it leaves off), given the same wall-clock as the default (`timeout`), same seeds; means over "
-                  "seeds, test metrics.", "",
-                  "| problem | search | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys)]
-        for name in dict.fromkeys(n for n, _ in levers):
-            mine = [r for r in rows if r[0] == name]
-            full = {k: statistics.mean(r[6][k] for r in mine) for k in keys}
-            lines.append(f"| {name} | default | " + " | ".join(_cell(k, full[k]) for k in keys) + " |")
-            for (problem, lever), results in levers.items():
-                if problem == name:
-                    lines.append(f"| {name} | {lever} | " + " | ".join(
-                        _cell(k, statistics.mean(r[k] for r in results)) for k in keys) + " |")
-    command = f"python benchmarks/search.py --parts baseline --problems {args.problems} --seeds {args.seeds}"
-    command += (f" --trials {args.trials}" if args.trials else "") + (f" --levers {args.levers}" if args.levers else "")
-    publish("search-baseline", lines, command, started)
+        lines += ["", "What each lever contributes: the default search with one lever switched, given the same "
+                  "wall-clock as the default (`timeout`), same seeds; means over seeds, test metrics.", "",
+                  "| search | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
+                  "| default | " + " | ".join(_cell(k, means[k][0]) for k in keys) + " |",
+                  *[f"| {lever} | " + " | ".join(_cell(k, statistics.mean(r[k] for r in results)) for k in keys) + " |"
+                    for lever, results in levers.items()]]
+    command = f"python benchmarks/search.py --parts baseline --problems {name} --seeds {args.seeds}"
+    command += (f" --trials {args.trials}" if args.trials else "") + (f" --levers {name}" if levers else "")
+    publish(f"search-baseline-{name}", lines, command, started)
 
 
 PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part}
