@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -59,9 +60,12 @@ def _fine_tune(model, problem, settings, weights: dict[str, float], seed: int) -
             optimizer.step()
 
 
-def run(run_dir: str | Path, seconds: float, seed: int = 0) -> list[Point]:
-    """Search by hand for ``seconds`` on the problem and dense model of an automtl run directory."""
+def run(run_dir: str | Path, seconds: float, seed: int = 0, epochs: int | None = None) -> list[Point]:
+    """Search by hand for ``seconds`` on the problem and dense model of an automtl run directory, with its
+    full fine-tune (or ``epochs`` of it)."""
     config = RunDir(run_dir).require().load_config()
+    train = config.fine_tune.train()
+    train = dataclasses.replace(train, epochs=epochs) if epochs else train
     bench = Bench.prepare(config, run_dir)
     problem, dense = bench.problem, bench.dense
     ctx = PruneContext.create(copy.deepcopy(dense), problem, calibration_size=8)
@@ -75,7 +79,7 @@ def run(run_dir: str | Path, seconds: float, seed: int = 0) -> list[Point]:
         model = copy.deepcopy(dense)
         prune.global_unstructured([(model.get_submodule(name), "weight") for name in hidden],
                                   pruning_method=prune.L1Unstructured, amount=amount)
-        _fine_tune(model, problem, config.fine_tune.train(), weights, seed + trial.number)
+        _fine_tune(model, problem, train, weights, seed + trial.number)
         for name in hidden:
             prune.remove(model.get_submodule(name), "weight")
         kept = [p.detach() for name in hidden for p in model.get_submodule(name).parameters()]

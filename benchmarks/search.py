@@ -290,7 +290,7 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
         run = f"{name}-{seed}"
         study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], space)
         dense = dense_metrics(study.user_attrs)
-        points = baseline.run(root / run, wall, seed)
+        points = baseline.run(root / run, wall, seed, args.baseline_epochs)
         complete = len(pareto.completed(study))
         stopped = sum(t.state == TrialState.PRUNED for t in study.trials)
         rows.append((seed, wall, complete + stopped, complete, len(points), _front_quality(study, dense),
@@ -304,10 +304,13 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
             print(name, seed, lever, levers[lever][-1], flush=True)
     keys = list(rows[0][5])
     means = {k: (statistics.mean(r[5][k] for r in rows), statistics.mean(r[6][k] for r in rows)) for k in keys}
+    fine_tune = (f"the same fine-tune cut to {args.baseline_epochs} epochs" if args.baseline_epochs
+                 else "the same full fine-tune")
     lines = [
-        f"## automtl vs the hand-written baseline on {name} (`benchmarks/search.py --parts baseline`)", "",
+        f"## automtl vs the hand-written baseline{_epochs_title(args)} on {name} "
+        "(`benchmarks/search.py --parts baseline`)", "",
         f"The automtl search (`search_spaces/{name}.yaml` as shipped) against `benchmarks/baseline.py` (Optuna TPE "
-        "over a global-magnitude amount and task weights, the same full fine-tune with a constant learning rate) "
+        f"over a global-magnitude amount and task weights, {fine_tune} with a constant learning rate) "
         "given the automtl search's trial-loop wall-clock, on the same data and dense model. Test metrics; every "
         "cell is automtl / baseline. trials: automtl's (complete of them, the rest stopped early by rungs) / the "
         "baseline's. HV@r: hypervolume of (sparsity, each task's accuracy) above the reference point (r, r, …); a "
@@ -329,7 +332,13 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
                     for lever, results in levers.items()]]
     command = f"python benchmarks/search.py --parts baseline --problems {name} --seeds {args.seeds}"
     command += (f" --trials {args.trials}" if args.trials else "") + (f" --levers {name}" if levers else "")
-    publish(f"search-baseline-{name}", lines, command, started)
+    command += f" --baseline-epochs {args.baseline_epochs}" if args.baseline_epochs else ""
+    suffix = f"-baseline-{args.baseline_epochs}-epochs" if args.baseline_epochs else ""
+    publish(f"search-baseline-{name}{suffix}", lines, command, started)
+
+
+def _epochs_title(args: argparse.Namespace) -> str:
+    return f" fine-tuning {args.baseline_epochs} epochs" if args.baseline_epochs else ""
 
 
 PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part}
@@ -342,6 +351,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--speed-trials", type=int, default=40)
     parser.add_argument("--problems", default="multidigits,mnist1d-pair", help="search spaces of the baseline part")
+    parser.add_argument("--baseline-epochs", type=int, default=None,
+                        help="fine-tune epochs of the baseline (default: the search space's full fine-tune)")
     parser.add_argument("--levers", default="", help="problems of the baseline part on which to switch each "
                         f"lever off in turn ({', '.join(LEVERS)})")
     args = parser.parse_args()
