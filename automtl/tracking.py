@@ -199,11 +199,20 @@ def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
     return tracker
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite database (``<its folder>/mlruns``), not in
+    whatever folder the search happens to run from; the server's choice for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+
 def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path) -> Tracker:
     attrs = study.user_attrs
     name = attrs.get("mlflow_experiment") or config.tracking.experiment or f"{config.name}/{run_dir.resolve().name}"
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, tags=EXPERIMENT_TAGS)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        name, artifact_location=artifact_location(uri), tags=EXPERIMENT_TAGS)
     if experiment and any(experiment.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
         for key, value in EXPERIMENT_TAGS.items():
             client.set_experiment_tag(experiment_id, key, value)

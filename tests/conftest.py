@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from automtl.problems import get_problem
 from automtl.train import TrainConfig, fit
@@ -18,8 +19,9 @@ ARTIFACTS = Path(os.environ.get("AUTOMTL_TEST_ARTIFACTS") or Path(tempfile.gette
 # Written by the tools that run the suite, not by the tests.
 TOOL_CACHES = (".venv/", "__pycache__/", ".pytest_cache/", "automtl.egg-info/")
 CHECKOUT = pytest.StashKey[frozenset]()
-settings.register_profile("no-database", database=None)  # hypothesis keeps no .hypothesis/ folder
+settings.register_profile("no-database", database=None)  # hypothesis keeps no example database
 settings.load_profile("no-database")
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="automtl-hypothesis-"))  # nor its caches in the checkout
 
 
 def _checkout_state() -> frozenset[str] | None:

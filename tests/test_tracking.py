@@ -191,3 +191,12 @@ def test_dashboard_renders_in_headless_chromium(tracked):
     shot.unlink(missing_ok=True)
     subprocess.run([*flags, "--window-size=1400,2600", f"--screenshot={shot}", page], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_artifacts_of_a_sqlite_store_live_beside_its_database(tmp_path, monkeypatch):
+    from automtl.tracking import artifact_location
+
+    assert artifact_location(f"sqlite:///{tmp_path}/db/mlflow.db") == (tmp_path / "db" / "mlruns").as_uri()
+    monkeypatch.chdir(tmp_path)
+    assert artifact_location("sqlite:///mlflow.db") == (tmp_path / "mlruns").as_uri()
+    assert artifact_location("http://127.0.0.1:5000") is None
