@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from automtl import checkpoints, pareto, tracking
+from automtl.config import SearchConfig
 from automtl.errors import UserError
 from automtl.formats import QUANTIZE, WRITERS, Exported, Written, write
 from automtl.measure import flops, latencies_ms, parameters
@@ -108,9 +109,9 @@ def _check_request(out_dir: Path, formats: list[str], quantize: str | None, regi
     return parent
 
 
-def _prepare(run: RunDir, chosen: FrozenTrial, problem: Problem | None, quantize: str | None) -> tuple[Exported, dict]:
+def _prepare(run: RunDir, config: SearchConfig, chosen: FrozenTrial, problem: Problem | None,
+             quantize: str | None) -> tuple[Exported, dict]:
     """Load and shrink the chosen trial's model; what the writers share, and the card's measurements."""
-    config = run.load_config()
     model, problem = load_trial_model(run, chosen, problem)
     dense = problem.build_model(problem.default_model.override(**config.model.overrides())).eval()
     sample = problem.test.sample(LATENCY_BATCH).inputs
@@ -160,7 +161,8 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
     parent = _check_request(out_dir, list(formats), quantize, register)
     study = run.load_study()
     chosen = pareto.choose(study, trial, pick, list(constraints))
-    exported, card = _prepare(run, chosen, problem, quantize)
+    config = run.load_config()
+    exported, card = _prepare(run, config, chosen, problem, quantize)
     card["metric_names"] = metric_names(of_study(study))
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
@@ -171,7 +173,7 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if run.load_config().tracking.enabled:
+    if config.tracking.enabled:
         _log_to_mlflow(study, chosen, exported, card, out_dir, register, alias)
     return ExportResult(out_dir, card)
 

@@ -28,16 +28,15 @@ def write(exported: Exported, folder: Path) -> Written:
     written = Written(files={"onnx": "model.onnx"}, card={"onnx_vs_pytorch": check(exported.model, problem,
                                                                                     folder / "model.onnx")})
     model = session(folder / "model.onnx")
-    written.test_metrics["exported_onnx"] = metrics(folder / "model.onnx", problem, problem.test, exported.batch_size)
+    written.test_metrics["exported_onnx"] = metrics(model, problem, problem.test, exported.batch_size)
     written.runs = {"dense_onnx": lambda: dense.run(None, feed), "exported_onnx": lambda: model.run(None, feed)}
     if exported.quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(folder / "model.onnx", folder / "model.int8.onnx", weight_type=QuantType.QInt8)
         written.files["onnx_int8"] = "model.int8.onnx"
-        written.test_metrics["exported_onnx_int8"] = metrics(folder / "model.int8.onnx", problem, problem.test,
-                                                             exported.batch_size)
         int8 = session(folder / "model.int8.onnx")
+        written.test_metrics["exported_onnx_int8"] = metrics(int8, problem, problem.test, exported.batch_size)
         written.runs["exported_onnx_int8"] = lambda: int8.run(None, feed)
     return written
 
@@ -52,9 +51,8 @@ def session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def metrics(path: Path, problem: Problem, split: Data, batch_size: int = 1024) -> dict[str, float]:
-    """Each task's metric of the ONNX model at ``path`` over ``split``, in batches of ``batch_size``."""
-    runtime = session(path)
+def metrics(runtime, problem: Problem, split: Data, batch_size: int = 1024) -> dict[str, float]:
+    """Each task's metric of an onnxruntime session over ``split``, in batches of ``batch_size``."""
 
     def forward(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         values = runtime.run(problem.task_names, {"input": inputs.numpy()})
