@@ -136,6 +136,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     overrides = list(args.set)
     overrides += [f"trials={args.trials}"] if args.trials is not None else []
     overrides += [f"workers={args.workers}"] if args.workers is not None else []
+    overrides += [f"trial_batch={args.trial_batch}"] if args.trial_batch is not None else []
     for flag, field in BACKEND_FLAGS.items():
         value = getattr(args, flag)
         overrides += [f"backend.{field}={value}"] if value is not None else []
@@ -265,6 +266,8 @@ def _add_search(sub) -> None:
     p.add_argument("config", help="a search-space YAML file, e.g. search_spaces/smoke.yaml")
     p.add_argument("--trials", type=int, help="trial budget (overrides the file)")
     p.add_argument("--workers", type=int, help="worker processes (overrides the file)")
+    p.add_argument("--trial-batch", metavar="K",
+                   help="trials each worker fine-tunes together in one vectorised pass (a number, or auto)")
     p.add_argument("--run-dir", help="where the study lives (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the study in --run-dir")
     ray = p.add_argument_group("backend", "who runs the trials (see docs/cluster.md)")

@@ -73,17 +73,28 @@ def task_losses(
     if distill is None or distill.weight == 0:
         return losses
     with torch.no_grad():
-        teacher_out = task_outputs(distill.teacher(inputs), problem.task_names)
-    temp, w = distill.temperature, distill.weight
+        teacher_outputs = task_outputs(distill.teacher(inputs), problem.task_names)
+    return blend_distillation(problem, losses, outputs, teacher_outputs, distill.weight, distill.temperature)
+
+
+def blend_distillation(problem: Problem, losses: Mapping[str, Tensor], outputs: Mapping[str, Tensor],
+                       teacher_outputs: Mapping[str, Tensor], weight: float | Tensor,
+                       temperature: float) -> dict[str, Tensor]:
+    """``(1 - weight) * loss + weight * distillation`` per task: classification tasks match the teacher's
+    class distribution softened by ``temperature`` (KL), regression tasks its outputs (MSE)."""
+    blended = {}
     for task in problem.tasks:
-        student, teacher = outputs[task.name], teacher_out[task.name]
-        if task.kind == "classification":  # KL between temperature-softened class distributions
-            kd = F.kl_div(F.log_softmax(student / temp, dim=1), F.softmax(teacher / temp, dim=1),
-                          reduction="batchmean") * temp**2
-        else:  # regression: match the teacher's outputs
+        student, teacher = outputs[task.name], teacher_outputs[task.name]
+        if task.kind == "classification":
+            # KL(teacher || student) summed over classes, mean over the batch (F.kl_div's "batchmean",
+            # written out because vmap has no batching rule for kl_div)
+            target = F.log_softmax(teacher / temperature, dim=1)
+            kd = (target.exp() * (target - F.log_softmax(student / temperature, dim=1))).sum() / len(student)
+            kd = kd * temperature**2
+        else:
             kd = F.mse_loss(student, teacher)
-        losses[task.name] = (1 - w) * losses[task.name] + w * kd
-    return losses
+        blended[task.name] = (1 - weight) * losses[task.name] + weight * kd
+    return blended
 
 
 def batches_per_epoch(problem: Problem, config: TrainConfig) -> int:

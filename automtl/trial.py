@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from automtl import checkpoints, objectives
+from automtl import checkpoints, objectives, stacked
 from automtl.config import SearchConfig
 from automtl.measure import cpu_latency_ms, flops
 from automtl.models import ModelSpec, task_outputs
@@ -91,6 +91,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
+AUTO_BATCH, AUTO_BATCH_PARAMETERS = 16, 50_000_000
+
+
 @dataclass
 class Bench:
     """What every trial of a study shares: config, problem, model spec, trained dense model."""
@@ -118,6 +121,17 @@ class Bench:
     @property
     def task_names(self) -> list[str]:
         return self.problem.task_names
+
+    def trial_batch(self) -> int:
+        """Trials a local worker fine-tunes together: the config's ``trial_batch``, or for ``auto`` 1 on the
+        CPU (a small network trains compute-bound there, so a batch is no faster: docs/BENCHMARKS.md) and on
+        CUDA as many as keep the stack within ``AUTO_BATCH_PARAMETERS`` parameters, at most ``AUTO_BATCH``."""
+        if self.config.trial_batch != "auto":
+            return self.config.trial_batch
+        if resolve_device(self.config.backend.device).type != "cuda":
+            return 1
+        size = sum(p.numel() for p in self.dense.parameters())
+        return max(1, min(AUTO_BATCH, AUTO_BATCH_PARAMETERS // size))
 
     def on(self, device: torch.device) -> tuple[Problem, nn.Module]:
         """The problem's data and the dense model on ``device`` (moved once, then reused)."""
@@ -154,6 +168,25 @@ class TrialStopped(Exception):
 
 
 Gate = Callable[[int, list[float]], bool]
+Outcome = TrialResult | TrialStopped | Exception
+"""How one trial of a batch ended: a result, stopped at a rung, or the exception that failed it."""
+
+
+@dataclass
+class _Pruned:
+    """A trial after pruning: its model with masks, and what its fine-tune needs."""
+
+    plan: TrialPlan
+    number: int
+    model: nn.Module
+    ctx: PruneContext
+    planned: PipelineReport
+    weighting: Weighting
+    closing: GradualMasks | None
+    judge: "_Judge | None"
+    start: float
+    pruned: float
+    tuned: float = 0.0
 
 
 def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) -> TrialResult:
@@ -162,28 +195,140 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
     With ``gate`` (:class:`automtl.rungs.RungGate`) and ``rungs`` configured, the trial is judged at every
     rung milestone on its validation objectives and raises :class:`TrialStopped` when the gate says stop.
     """
+    trial = _prune(plan, bench, number, gate)
+    _fine_tune_alone(trial, bench)
+    return _finish(trial, bench)
+
+
+def run_batch(jobs: list[tuple[TrialPlan, int, Gate | None]], bench: Bench,
+              report: Callable[[int, Outcome], None]) -> None:
+    """Run ``jobs`` (plan, trial number, gate), fine-tuning those that can share one vectorised pass
+    together (:mod:`automtl.stacked`); ``report(index, outcome)`` as soon as each one ends.
+
+    Each trial's result is the one :func:`run` gives it alone, within float tolerance. Pruning, rung
+    judging and evaluation stay per trial; a trial that fails, diverges or stops leaves the batch alone.
+    """
+    reported: set[int] = set()
+
+    def ended(index: int, outcome: Outcome) -> None:
+        reported.add(index)
+        report(index, outcome)
+
+    pruned: dict[int, _Pruned] = {}
+    for index, (plan, number, gate) in enumerate(jobs):
+        try:
+            pruned[index] = _prune(plan, bench, number, gate)
+        except Exception as exc:  # noqa: BLE001 - one trial's failure is its own
+            ended(index, exc)
+    stackable = {i: t for i, t in pruned.items() if type(t.weighting).stackable}
+    if len(stackable) > 1:
+        try:
+            _fine_tune_together(stackable, bench, ended)
+        except stacked.NotStackable as exc:
+            log.warning("this model cannot be fine-tuned vectorised (%s); trials run one at a time", exc)
+        except Exception as exc:  # noqa: BLE001 - the shared pass failed: so did every trial still in it
+            for index in stackable.keys() - reported:
+                ended(index, exc)
+    for index, trial in pruned.items():
+        if index in reported:
+            continue
+        try:
+            if not trial.tuned:
+                _fine_tune_alone(trial, bench)
+            outcome = _finish(trial, bench)
+        except Exception as exc:  # noqa: BLE001
+            outcome = exc
+        ended(index, outcome)
+
+
+def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pruned:
+    """Apply the plan's strategies to a copy of the dense model and set up its fine-tune."""
     config = bench.config
     problem, dense = bench.on(resolve_device(config.backend.device))
     seed = config.seed + number
     torch.manual_seed(seed)
     model = copy.deepcopy(dense)
-
     start = time.perf_counter()
     ctx = PruneContext.create(
         model, problem, calibration_size=config.pruning.calibration_size,
         aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=seed,
     )
     planned = apply(model, plan.steps, ctx)
-    pruned = time.perf_counter()
+    method = "static" if plan.loss_weights else plan.loss_method
+    weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
+    gradual = config.fine_tune.gradual
+    closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(
+        problem, config.fine_tune.train(plan.lr)))) if gradual else None)
+    judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
+    return _Pruned(plan, number, model, ctx, planned, weighting, closing, judge, start, time.perf_counter())
 
-    weighting = _fine_tune(model, plan, bench, (problem, dense), ctx, planned, seed, gate, start)
+
+def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
+    """Fine-tune one pruned trial with its loss weighting, distillation weight and learning rate (closing
+    the masks gradually if configured); raise TrialStopped when a rung stops it. Every trial of a study
+    reads the training data in the same order (seeded by the study's seed), as a batch of them does."""
+    config, plan = bench.config, trial.plan
+    problem, dense = bench.on(resolve_device(config.backend.device))
+    distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
+    history = fit(trial.model, problem, config.fine_tune.train(plan.lr), config.seed, trial.weighting, distill,
+                  before_step=trial.closing, after_epoch=trial.judge)
+    _check_tuned(trial, history)
+
+
+def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callable[[int, Outcome], None]) -> None:
+    """Fine-tune ``trials`` in one vectorised pass; one that diverges or stops is reported as it leaves."""
+    config = bench.config
+    problem, dense = bench.on(resolve_device(config.backend.device))
+
+    def leaving(index: int, trial: _Pruned, member: stacked.Member) -> Callable[[int], bool]:
+        def after_epoch(epochs: int) -> bool:
+            try:
+                _check_finite_history(member.history)
+                if trial.judge is not None and not trial.judge(epochs):
+                    _check_tuned(trial, member.history)
+                return True
+            except (TrialFailed, TrialStopped) as outcome:
+                report(index, outcome)
+                return False
+        return after_epoch
+
+    members = []
+    for index, trial in trials.items():
+        member = stacked.Member(trial.model, trial.weighting, config.fine_tune.train(trial.plan.lr).lr,
+                                trial.plan.distillation, trial.closing)
+        member.after_epoch = leaving(index, trial, member)
+        members.append(member)
+    stacked.fit_together(members, dense, problem, config.fine_tune.train(), config.seed, dense,
+                         config.distillation.temperature)
     tuned = time.perf_counter()
-    report, metrics, test_metrics, structure = _evaluate(model, ctx, problem, config)
-    evaluated = time.perf_counter()
+    for trial in trials.values():
+        trial.tuned = tuned
 
+
+def _check_tuned(trial: _Pruned, history: list[dict[str, float]]) -> None:
+    """Raise TrialFailed when fine-tuning diverged, TrialStopped when a rung stopped the trial."""
+    _check_finite_history(history)
+    if trial.judge and trial.judge.stopped:
+        trial.judge.stopped.seconds = time.perf_counter() - trial.start
+        raise trial.judge.stopped
+    trial.tuned = time.perf_counter()
+
+
+def _check_finite_history(history: list[dict[str, float]]) -> None:
+    if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
+        raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
+
+
+def _finish(trial: _Pruned, bench: Bench) -> TrialResult:
+    """Evaluate the fine-tuned trial, save its weights, and its result."""
+    config = bench.config
+    problem = trial.ctx.problem
+    report, metrics, test_metrics, structure = _evaluate(trial.model, trial.ctx, problem, config)
+    evaluated = time.perf_counter()
     values = [float(v) for v in _measures(report, metrics, problem, structure, objectives.declared(config, problem))]
-    relative = weights_path(number)
-    checkpoints.save(bench.run_dir / relative, model.state_dict(), {"trial": number, "plan": plan.as_dict()}, compact=True)
+    relative = weights_path(trial.number)
+    checkpoints.save(bench.run_dir / relative, trial.model.state_dict(),
+                     {"trial": trial.number, "plan": trial.plan.as_dict()}, compact=True)
     return TrialResult(
         values=values,
         sparsity=report.sparsity,
@@ -193,35 +338,13 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
         total_parameters=report.total_parameters,
         metrics=metrics,
         test_metrics=test_metrics,
-        final_loss_weights=weighting.current(),
+        final_loss_weights=trial.weighting.current(),
         structure=structure,
-        prune_seconds=pruned - start,
-        fine_tune_seconds=tuned - pruned,
-        eval_seconds=evaluated - tuned,
+        prune_seconds=trial.pruned - trial.start,
+        fine_tune_seconds=trial.tuned - trial.pruned,
+        eval_seconds=evaluated - trial.tuned,
         weights=relative,
     )
-
-
-def _fine_tune(model: nn.Module, plan: TrialPlan, bench: Bench, placed: tuple[Problem, nn.Module], ctx: PruneContext,
-               planned: PipelineReport, seed: int, gate, start: float) -> Weighting:
-    """Fine-tune the pruned ``model`` with the plan's loss weighting, distillation weight and learning rate
-    (closing the masks gradually if configured); raise TrialStopped when a rung stops it."""
-    config, (problem, dense) = bench.config, placed
-    method = "static" if plan.loss_weights else plan.loss_method
-    weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
-    distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
-    train = config.fine_tune.train(plan.lr)
-    gradual = config.fine_tune.gradual
-    closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(problem, train)))
-               if gradual else None)
-    judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
-    history = fit(model, problem, train, seed, weighting, distill, before_step=closing, after_epoch=judge)
-    if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
-        raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
-    if judge and judge.stopped:
-        judge.stopped.seconds = time.perf_counter() - start
-        raise judge.stopped
-    return weighting
 
 
 def _evaluate(model: nn.Module, ctx: PruneContext, problem: Problem, config: SearchConfig):

@@ -8,14 +8,17 @@
   for several seeds;
 * ``ray``: per-trial overhead of the Ray Tune backend vs the local backend,
   both running the same replayed plans two at a time with one thread each;
-* ``gpu`` (needs a GPU): Ray trials per minute with ``--gpus-per-trial 0.25``
-  (four trials share the GPU) vs ``1``;
+* ``gpu`` (needs a GPU; ``benchmarks/gpu.sh``): CUDA vs CPU, a ``trial_batch`` sweep on
+  CUDA, the ResNet space and an export on CUDA, Ray trials per minute with
+  ``--gpus-per-trial 0.25`` (four trials share the GPU) vs ``1``;
+* ``batch``: trials per minute at ``trial_batch`` 1, 2, 4, 8, 16 on the CPU, the
+  same replayed plans in every row;
 * ``baseline``: automtl vs the hand-written peer baseline (``benchmarks/baseline.py``)
   given the same wall-clock, per seed and problem: hypervolume of (sparsity, test
   metric per task) at references 0, 0.5 and 0.8, and the highest sparsity whose
   test metrics all reach 0.80, 0.85, 0.90 or the dense model's minus 1 point.
 
-    python benchmarks/search.py [--parts local,ray,gpu,baseline] [--trials 60] [--seeds 3] [--speed-trials 40]
+    python benchmarks/search.py [--parts local,ray,gpu,baseline,batch] [--trials 60] [--seeds 3] [--speed-trials 40]
                                 [--problems multidigits,mnist1d-pair]
 """
 
@@ -49,6 +52,7 @@ FLOORS = (0.80, 0.85, 0.90)
 # Speed runs replay one run's plans: every plan runs to the full fine-tune, none is seeded twice.
 REPLAYABLE = ["rungs=null", "seed_front=[]"]
 RAY_SECONDS = 90
+GPU_SWEEP_TRIALS = 16
 
 
 def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
@@ -205,6 +209,7 @@ def gpu_part(root: Path, args: argparse.Namespace) -> None:
     replay = replay_config(root, base)
     cpu, wall_cpu = search(root, "cpu-local", [f"trials={n}", "workers=1", "backend.device=cpu", *quiet], replay)
     row("local, CPU (all cores)", cpu, wall_cpu)
+    sweep = batch_sweep(root / "sweep", GPU_SWEEP_TRIALS, "cuda", (1, 4, 16), workers=1)
     resnet_trials = max(8, n // 4)
     resnet, wall_resnet = search(root, "gpu-resnet", [f"trials={resnet_trials}", "backend.device=cuda", *quiet],
                                  SPACES / "resnet-mnist1d.yaml")
@@ -230,9 +235,48 @@ def gpu_part(root: Path, args: argparse.Namespace) -> None:
         "|---|---:|---:|---:|---:|",
         *rows, "",
         f"* CUDA vs CPU, one trial at a time: **{wall_cpu / wall_cuda:.2f}x** trials per minute.",
-        resnet_line,
+        resnet_line, "", f"Trial batching on CUDA, {GPU_SWEEP_TRIALS} replayed plans, one worker:", "", *BATCH_HEADER, *sweep,
     ]
     publish("search-gpu", lines, f"bash benchmarks/gpu.sh (--speed-trials {n})", started)
+
+
+def batch_sweep(root: Path, n: int, device: str, sizes: tuple[int, ...], workers: int) -> list[str]:
+    """Trials per minute at each ``trial_batch`` in ``sizes``, every run doing the same ``n`` replayed plans
+    (full fine-tune, no rungs) with ``workers`` workers on ``device``: markdown table rows, printed as
+    measured, the ratio against one trial at a time last."""
+    common = [f"trials={n}", f"workers={workers}", f"backend.device={device}", "tracking.enabled=false"]
+    rows, first, replay = [], None, None
+    for size in sizes:
+        if replay is None:
+            study, wall = search(root, f"batch-{device}-{size}", [*common, *REPLAYABLE, f"trial_batch={size}"])
+            replay = replay_config(root, study)
+        else:
+            study, wall = search(root, f"batch-{device}-{size}", [*common, f"trial_batch={size}"], replay)
+        finished = sum(t.state.is_finished() for t in study.trials)
+        per_minute = 60 * finished / wall
+        first = first or per_minute
+        rows.append(f"| {size} | {workers} | {finished} | {wall:.1f} s | {per_minute:.1f} | "
+                    f"**{per_minute / first:.2f}x** |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+BATCH_HEADER = ["| trial_batch | workers | trials finished | trial-loop wall | trials / min | vs 1 |",
+                "|---:|---:|---:|---:|---:|---:|"]
+
+
+def batch_part(root: Path, args: argparse.Namespace) -> None:
+    """Trial batching on this machine's CPU: section ``search-batch``."""
+    started, n = time.perf_counter(), args.speed_trials
+    rows = batch_sweep(root, n, "cpu", (1, 2, 4, 8, 16), workers=2)
+    rows += batch_sweep(root / "one-worker", n, "cpu", (1, 8), workers=1)
+    lines = [
+        "## Trial batching on the CPU (`benchmarks/search.py --parts batch`)", "",
+        f"multidigits.yaml, {n} plans replayed in every row (no rungs: each plan runs the full fine-tune), "
+        "MLflow off; with 2 workers each has one thread, one worker has them all:", "",
+        *BATCH_HEADER, *rows,
+    ]
+    publish("search-batch", lines, f"python benchmarks/search.py --parts batch --speed-trials {n}", started)
 
 
 def _rounded(metrics: dict) -> dict:
@@ -341,7 +385,7 @@ def _epochs_title(args: argparse.Namespace) -> str:
     return f" fine-tuning {args.baseline_epochs} epochs" if args.baseline_epochs else ""
 
 
-PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part}
+PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part, "batch": batch_part}
 
 
 def main() -> None:

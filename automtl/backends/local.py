@@ -23,7 +23,8 @@ import time
 from typing import Callable
 
 import torch
-from optuna.trial import TrialState
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from automtl import progress, space, tracking
 from automtl import trial as trial_mod
@@ -39,44 +40,63 @@ log = logging.getLogger(__name__)
 
 
 def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Bench | None = None) -> int:
-    """Ask, run and tell trials until the budget or the deadline is reached; returns trials run."""
+    """Ask, run and tell trials (``trial_batch`` at a time) until the budget or the deadline is reached;
+    returns trials run."""
     config = run.load_config()
     bench = bench or trial_mod.Bench.prepare(config, run.path)
     study = run.load_study()
     study.sampler = make_sampler(config, worker, salt=len(study.trials))
     tracker = tracking.Tracker.attach(study)
-    ran = 0
+    batch, ran = bench.trial_batch(), 0
     while True:
         with run.asking():
-            if budget_used(study) >= config.trials or (deadline is not None and time.time() >= deadline):
+            left = config.trials - budget_used(study)
+            if left <= 0 or (deadline is not None and time.time() >= deadline):
                 return ran
-            trial = study.ask()
+            trials = [study.ask() for _ in range(min(batch, left))]
+        untold = dict(enumerate(trials))
+
+        def tell(index: int, outcome: trial_mod.Outcome) -> None:
+            finished = _tell(study, untold.pop(index), outcome)
+            if tracker:
+                tracker.log_trial(finished)
+
+        jobs = []
+        for index, trial in enumerate(trials):
+            try:
+                plan = space.suggest(trial, config, bench.task_names)
+                record_plan(trial, plan, worker)
+            except Exception as exc:  # noqa: BLE001 - recorded as the trial's failure
+                tell(index, exc)
+                continue
+            jobs.append((index, plan, trial.number, RungGate.of(study, trial.number, config, bench.problem)))
         try:
-            plan = space.suggest(trial, config, bench.task_names)
-            record_plan(trial, plan, worker)
-            result = trial_mod.run(plan, bench, trial.number, RungGate.of(study, trial.number, config, bench.problem))
-        except trial_mod.TrialStopped as stop:
-            record_stop(trial, stop.epochs, stop.metrics, stop.seconds, study.user_attrs)
-            finished = study.tell(trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:
-            record_failure(trial, INTERRUPTED)
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the search goes on
-            if is_disk_full(exc):  # not the plan's fault: the trial is re-spent on --resume, the search stops
+            trial_mod.run_batch([job[1:] for job in jobs], bench, lambda i, outcome: tell(jobs[i][0], outcome))
+        except BaseException:
+            for trial in untold.values():  # re-spent on --resume
                 record_failure(trial, INTERRUPTED)
                 study.tell(trial, state=TrialState.FAIL)
-                raise
-            reason = f"{type(exc).__name__}: {exc}"
-            record_failure(trial, reason)
-            log.warning("trial %d failed: %s", trial.number, reason)
-            finished = study.tell(trial, state=TrialState.FAIL)
-        else:
-            record_result(trial, result, study.user_attrs)
-            finished = study.tell(trial, result.values)
-        if tracker:
-            tracker.log_trial(finished)
-        ran += 1
+            raise
+        ran += len(trials)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: trial_mod.Outcome) -> FrozenTrial:
+    """Record how ``trial`` ended and tell the study; a full disk is re-raised (the trial is re-spent on
+    ``--resume``: not the plan's fault, and the search must stop)."""
+    if isinstance(outcome, trial_mod.TrialStopped):
+        record_stop(trial, outcome.epochs, outcome.metrics, outcome.seconds, study.user_attrs)
+        return study.tell(trial, state=TrialState.PRUNED)
+    if isinstance(outcome, Exception):
+        if is_disk_full(outcome):
+            record_failure(trial, INTERRUPTED)
+            study.tell(trial, state=TrialState.FAIL)
+            raise outcome
+        reason = f"{type(outcome).__name__}: {outcome}"
+        record_failure(trial, reason)
+        log.warning("trial %d failed: %s", trial.number, reason)
+        return study.tell(trial, state=TrialState.FAIL)
+    record_result(trial, outcome, study.user_attrs)
+    return study.tell(trial, outcome.values)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -22,6 +22,10 @@ class Weighting(ABC):
     optimiser step and :meth:`after_epoch` with the epoch's mean task losses.
     """
 
+    stackable = True
+    """Whether several models can fine-tune together (:mod:`automtl.stacked`) with this method: False
+    for one that reads the model's own parameters (GradNorm's gradient norms)."""
+
     def __init__(self, task_names: list[str]):
         self.task_names = list(task_names)
 

@@ -18,6 +18,8 @@ class GradNorm(Weighting):
     on the first batch). ``alpha`` sets how strongly slow tasks are favoured.
     """
 
+    stackable = False
+
     def __init__(self, task_names: list[str], alpha: float = 1.5, lr: float = 0.025):
         super().__init__(task_names)
         self.alpha, self.lr = alpha, lr

@@ -1,0 +1,231 @@
+"""Fine-tune several pruned copies of one architecture in one vectorised pass (trial batching).
+
+The members' parameters and buffers are stacked along a new first dimension
+and :func:`torch.func.vmap` runs :func:`torch.func.functional_call` of the
+architecture over them, so one forward and one backward pass serve every
+member. Each member keeps what is its own: masks (``torch.nn.utils.prune``'s
+``*_mask`` buffers), BatchNorm statistics, task weighting (and its learned
+parameters), distillation weight, learning rate and Adam state. While the
+fine-tune runs, every member's tensors *are* views of its row of the stack, so
+its own hooks (gradual masks, rung judges) read and write the live values;
+a member whose ``after_epoch`` says stop leaves the stack at once with its own
+copies, and the rest go on without it.
+
+All members read the same batches (one data order, seeded by ``seed``), and the
+distillation teacher runs once per batch for all of them. A member's result is
+the one :func:`automtl.train.fit` gives it alone with the same data order,
+within float tolerance (Adam below is ``torch.optim.Adam``'s update with a
+learning rate per member; the cosine schedule its closed form). Layers with
+randomness (dropout) draw different numbers per member.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+from torch.func import functional_call, vmap
+
+from automtl.models import task_outputs
+from automtl.problems.base import Problem
+from automtl.train import TrainConfig, batches_per_epoch, blend_distillation
+from automtl.weighting import Weighting
+
+MASKED = "_orig"  # torch.nn.utils.prune keeps a pruned ``name`` as ``name_orig`` * buffer ``name_mask``
+
+
+@dataclass
+class Member:
+    """One model of a stacked fine-tune and what is its own; ``history``: each epoch's mean task losses."""
+
+    model: nn.Module
+    weighting: Weighting
+    lr: float
+    distillation: float = 0.0
+    before_step: Callable[[int], None] | None = None
+    after_epoch: Callable[[int], bool] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class NotStackable(Exception):
+    """The architecture's forward pass cannot run under ``vmap`` (the members are left as they were)."""
+
+
+def fit_together(members: list[Member], architecture: nn.Module, problem: Problem, config: TrainConfig,
+                 seed: int, teacher: nn.Module | None = None, temperature: float = 2.0) -> None:
+    """Fine-tune every member in place on ``problem.train`` for ``config.epochs`` epochs (each at its own
+    ``lr``), until its ``after_epoch`` returns False.
+
+    ``architecture`` is any module of the members' architecture without masks (only its forward code is
+    used). Raises :class:`NotStackable` if the first batch cannot run vectorised.
+    """
+    stack = _Stack(members, copy.deepcopy(architecture).train(), problem, teacher, temperature)
+    for m in members:
+        m.weighting.bind(m.model)
+    extra = torch.optim.Adam([{"params": m.weighting.parameters(), "lr": m.lr} for m in members],
+                             weight_decay=config.weight_decay)
+    total_steps = config.epochs * batches_per_epoch(problem, config)
+    generator, step = torch.Generator().manual_seed(seed), 0
+    if teacher is not None:
+        teacher.eval()
+    try:
+        for epoch in range(config.epochs):
+            for m in stack.members:
+                m.model.train()
+            sums, batches = None, 0
+            for inputs, targets in problem.train.batches(config.batch_size, generator):
+                for m in stack.members:
+                    if m.before_step is not None:
+                        m.before_step(step)
+                losses = stack.losses(inputs, targets, first=step == 0)
+                extra.zero_grad(set_to_none=True)
+                sum(m.weighting.combine(dict(zip(problem.task_names, row)))
+                    for m, row in zip(stack.members, losses)).backward()
+                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if config.schedule == "cosine" else 1.0
+                stack.step(factor, config.weight_decay)
+                for group, m in zip(extra.param_groups, members):
+                    group["lr"] = m.lr * factor
+                extra.step()
+                for m in stack.members:
+                    m.weighting.after_step()
+                sums = losses.detach() if sums is None else sums + losses.detach()
+                batches, step = batches + 1, step + 1
+            stack.end_epoch(epoch + 1, (sums / batches).tolist())
+            if not stack.members:
+                break
+    finally:
+        stack.release()
+
+
+class _Stack:
+    """The members' tensors stacked row by row, Adam's state for them, and the vectorised loss."""
+
+    def __init__(self, members: list[Member], architecture: nn.Module, problem: Problem,
+                 teacher: nn.Module | None, temperature: float):
+        self.members, self.problem = list(members), problem
+        self.teacher, self.temperature = teacher, temperature
+        _align_masks(members)
+        first = members[0].model
+        self.param_names = [name for name, _ in first.named_parameters()]
+        self.buffer_names = [name for name, _ in first.named_buffers()]
+        self.params = {n: torch.stack([m.model.get_parameter(n).detach() for m in members]).requires_grad_()
+                       for n in self.param_names}
+        self.buffers = {n: torch.stack([m.model.get_buffer(n) for m in members]) for n in self.buffer_names}
+        self.moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in self.params.items()}
+        self.masks = {n: n[: -len(MASKED)] + "_mask" for n in self.param_names
+                      if n.endswith(MASKED) and n[: -len(MASKED)] + "_mask" in self.buffers}
+        self.steps = 0
+        self._point()
+
+        def member_losses(params, buffers, distillation, inputs, targets, teacher_outputs):
+            outputs = task_outputs(functional_call(architecture, (params, buffers), (inputs,)), problem.task_names)
+            losses = {t.name: t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks}
+            if teacher_outputs is not None:
+                losses = blend_distillation(problem, losses, outputs, teacher_outputs, distillation, temperature)
+            return torch.stack([losses[name] for name in problem.task_names])
+
+        self.vectorised = vmap(member_losses, in_dims=(0, 0, 0, None, None, None), randomness="different")
+
+    def _point(self) -> None:
+        """Make every member's parameters and buffers views of its row of the stack."""
+        for row, member in enumerate(self.members):
+            for name in self.param_names:
+                member.model.get_parameter(name).data = self.params[name].data[row]
+            for name in self.buffer_names:
+                _set_buffer(member.model, name, self.buffers[name][row])
+
+    def losses(self, inputs: Tensor, targets: dict[str, Tensor], first: bool) -> Tensor:
+        """Every member's task losses on one batch: ``(members, tasks)``."""
+        params = {(n[: -len(MASKED)] if n in self.masks else n): p * self.buffers[self.masks[n]] if n in self.masks else p
+                  for n, p in self.params.items()}
+        masks = set(self.masks.values())
+        buffers = {n: b for n, b in self.buffers.items() if n not in masks}
+        distilling = self.teacher is not None and any(m.distillation > 0 for m in self.members)
+        teacher_outputs = None
+        if distilling:
+            with torch.no_grad():
+                teacher_outputs = task_outputs(self.teacher(inputs), self.problem.task_names)
+        weights = torch.tensor([m.distillation for m in self.members], device=inputs.device)
+        try:
+            return self.vectorised(params, buffers, weights, inputs, targets, teacher_outputs)
+        except (RuntimeError, NotImplementedError, TypeError) as exc:
+            if not first:
+                raise
+            raise NotStackable(f"{type(exc).__name__}: {exc}") from exc
+
+    @torch.no_grad()
+    def step(self, factor: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        """One Adam step of every stacked parameter (``torch.optim.Adam``'s update, L2 weight decay), each
+        member at its own learning rate times ``factor``."""
+        self.steps += 1
+        lrs = torch.tensor([m.lr * factor for m in self.members], device=next(iter(self.params.values())).device)
+        first_bias, second_bias = 1 - betas[0] ** self.steps, 1 - betas[1] ** self.steps
+        for name, param in self.params.items():
+            if param.grad is None:
+                continue
+            grad = param.grad if weight_decay == 0 else param.grad.add(param, alpha=weight_decay)
+            mean, square = self.moments[name]
+            mean.lerp_(grad, 1 - betas[0])
+            square.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
+            denominator = (square.sqrt() / math.sqrt(second_bias)).add_(eps)
+            rate = (lrs / first_bias).view(-1, *[1] * (param.dim() - 1))
+            param.sub_(rate * mean / denominator)
+            param.grad = None
+
+    def end_epoch(self, epochs: int, means: list[list[float]]) -> None:
+        """Record each member's epoch, ask its ``after_epoch``, and drop those that stop."""
+        staying = []
+        for member, row in zip(self.members, means):
+            member.history.append(dict(zip(self.problem.task_names, row)))
+            member.weighting.after_epoch(member.history[-1])
+            if member.after_epoch is None or member.after_epoch(epochs):
+                staying.append(member)
+        if len(staying) < len(self.members):
+            self._keep([self.members.index(m) for m in staying])
+
+    def _keep(self, rows: list[int]) -> None:
+        """Leave only ``rows`` in the stack (the others get their own copies of their tensors)."""
+        leaving = [m for i, m in enumerate(self.members) if i not in rows]
+        _detach(leaving, self.param_names, self.buffer_names)
+        index = torch.tensor(rows, dtype=torch.long, device=next(iter(self.params.values())).device)
+        self.members = [self.members[i] for i in rows]
+        self.params = {n: p.detach()[index].requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b[index] for n, b in self.buffers.items()}
+        self.moments = {n: (mean[index], square[index]) for n, (mean, square) in self.moments.items()}
+        self._point()
+
+    def release(self) -> None:
+        """Give every remaining member its own copies of its tensors."""
+        _detach(self.members, self.param_names, self.buffer_names)
+        self.members = []
+
+
+def _align_masks(members: list[Member]) -> None:
+    """Give every member a mask (all ones where it has none) on each tensor some member masks, so all
+    have the same parameters and buffers (an all-ones mask changes no output, and goes at make_permanent)."""
+    masked = {(owner, name[: -len(MASKED)]) for m in members for full, _ in m.model.named_parameters()
+              if full.endswith(MASKED) for owner, _, name in [full.rpartition(".")]}
+    for member in members:
+        for owner, name in masked:
+            module = member.model.get_submodule(owner)
+            if not hasattr(module, name + MASKED):
+                prune.identity(module, name)
+
+
+def _detach(members: list[Member], param_names: list[str], buffer_names: list[str]) -> None:
+    for member in members:
+        for name in param_names:
+            param = member.model.get_parameter(name)
+            param.data = param.data.clone()
+        for name in buffer_names:
+            _set_buffer(member.model, name, member.model.get_buffer(name).clone())
+
+
+def _set_buffer(model: nn.Module, name: str, value: Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    model.get_submodule(owner)._buffers[leaf] = value
