@@ -56,7 +56,7 @@ OBJECTIVES = ("sparsity", "metrics", "parameters", "flops", "latency_ms")
 SEED_STRATEGY = "global_magnitude"
 DEVICES = ("auto", "cpu", "cuda")  # where trials compute
 IN_MEMORY = "in-memory:"  # problem.name of a run whose Problem was passed as an object
-RESUMABLE = ("trials", "timeout", "workers", "threads", "tracking", "backend", "data")
+RESUMABLE = ("trials", "timeout", "workers", "threads", "trial_batch", "tracking", "backend", "data")
 
 
 class Strict(BaseModel):

@@ -14,15 +14,15 @@ copies, and the rest go on without it.
 All members read the same batches (one data order, seeded by ``seed``), and the
 distillation teacher runs once per batch for all of them. A member's result is
 the one :func:`automtl.train.fit` gives it alone with the same data order,
-within float tolerance (Adam below is ``torch.optim.Adam``'s update with a
-learning rate per member; the cosine schedule its closed form). Layers with
-randomness (dropout) draw different numbers per member.
+within float tolerance: each member's own parameters are what Adam steps
+(one parameter group per member, as :func:`~automtl.train.fit` has one), their
+gradients handed out from the stack's. Layers with randomness (dropout) draw
+different numbers per member.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,7 +33,7 @@ from torch.func import functional_call, vmap
 
 from automtl.models import task_outputs
 from automtl.problems.base import Problem
-from automtl.train import TrainConfig, batches_per_epoch, blend_distillation
+from automtl.train import TrainConfig, adam, blend_distillation, schedule
 from automtl.weighting import Weighting
 
 MASKED = "_orig"  # torch.nn.utils.prune keeps a pruned ``name`` as ``name_orig`` * buffer ``name_mask``
@@ -67,9 +67,10 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
     stack = _Stack(members, copy.deepcopy(architecture).train(), problem, teacher, temperature)
     for m in members:
         m.weighting.bind(m.model)
-    extra = torch.optim.Adam([{"params": m.weighting.parameters(), "lr": m.lr} for m in members],
-                             weight_decay=config.weight_decay)
-    total_steps = config.epochs * batches_per_epoch(problem, config)
+    # One group per member, as fit has for one model; a member that left has no gradients, so Adam skips it.
+    optimizer = adam([{"params": [*m.model.parameters(), *m.weighting.parameters()], "lr": m.lr} for m in members],
+                     config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
     generator, step = torch.Generator().manual_seed(seed), 0
     if teacher is not None:
         teacher.eval()
@@ -83,14 +84,12 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                     if m.before_step is not None:
                         m.before_step(step)
                 losses = stack.losses(inputs, targets, first=step == 0)
-                extra.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 sum(m.weighting.combine(dict(zip(problem.task_names, row)))
                     for m, row in zip(stack.members, losses)).backward()
-                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps)) if config.schedule == "cosine" else 1.0
-                stack.step(factor, config.weight_decay)
-                for group, m in zip(extra.param_groups, members):
-                    group["lr"] = m.lr * factor
-                extra.step()
+                stack.hand_out_gradients()
+                optimizer.step()
+                scheduler.step()
                 for m in stack.members:
                     m.weighting.after_step()
                 sums = losses.detach() if sums is None else sums + losses.detach()
@@ -103,7 +102,7 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
 
 
 class _Stack:
-    """The members' tensors stacked row by row, Adam's state for them, and the vectorised loss."""
+    """The members' tensors stacked row by row, and the vectorised loss."""
 
     def __init__(self, members: list[Member], architecture: nn.Module, problem: Problem,
                  teacher: nn.Module | None, temperature: float):
@@ -116,10 +115,8 @@ class _Stack:
         self.params = {n: torch.stack([m.model.get_parameter(n).detach() for m in members]).requires_grad_()
                        for n in self.param_names}
         self.buffers = {n: torch.stack([m.model.get_buffer(n) for m in members]) for n in self.buffer_names}
-        self.moments = {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in self.params.items()}
         self.masks = {n: n[: -len(MASKED)] + "_mask" for n in self.param_names
                       if n.endswith(MASKED) and n[: -len(MASKED)] + "_mask" in self.buffers}
-        self.steps = 0
         self._point()
 
         def member_losses(params, buffers, distillation, inputs, targets, teacher_outputs):
@@ -133,9 +130,10 @@ class _Stack:
 
     def _point(self) -> None:
         """Make every member's parameters and buffers views of its row of the stack."""
+        self.owned = {n: [m.model.get_parameter(n) for m in self.members] for n in self.param_names}
         for row, member in enumerate(self.members):
             for name in self.param_names:
-                member.model.get_parameter(name).data = self.params[name].data[row]
+                self.owned[name][row].data = self.params[name].data[row]
             for name in self.buffer_names:
                 _set_buffer(member.model, name, self.buffers[name][row])
 
@@ -158,24 +156,13 @@ class _Stack:
                 raise
             raise NotStackable(f"{type(exc).__name__}: {exc}") from exc
 
-    @torch.no_grad()
-    def step(self, factor: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        """One Adam step of every stacked parameter (``torch.optim.Adam``'s update, L2 weight decay), each
-        member at its own learning rate times ``factor``."""
-        self.steps += 1
-        lrs = torch.tensor([m.lr * factor for m in self.members], device=next(iter(self.params.values())).device)
-        first_bias, second_bias = 1 - betas[0] ** self.steps, 1 - betas[1] ** self.steps
-        for name, param in self.params.items():
-            if param.grad is None:
-                continue
-            grad = param.grad if weight_decay == 0 else param.grad.add(param, alpha=weight_decay)
-            mean, square = self.moments[name]
-            mean.lerp_(grad, 1 - betas[0])
-            square.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
-            denominator = (square.sqrt() / math.sqrt(second_bias)).add_(eps)
-            rate = (lrs / first_bias).view(-1, *[1] * (param.dim() - 1))
-            param.sub_(rate * mean / denominator)
-            param.grad = None
+    def hand_out_gradients(self) -> None:
+        """Give each member's parameters their rows of the stacked gradients (the optimiser steps the
+        members' own parameters, which are views of the stack)."""
+        for name, stacked in self.params.items():
+            for param, grad in zip(self.owned[name], stacked.grad.unbind(0)):
+                param.grad = grad
+            stacked.grad = None
 
     def end_epoch(self, epochs: int, means: list[list[float]]) -> None:
         """Record each member's epoch, ask its ``after_epoch``, and drop those that stop."""
@@ -196,7 +183,6 @@ class _Stack:
         self.members = [self.members[i] for i in rows]
         self.params = {n: p.detach()[index].requires_grad_() for n, p in self.params.items()}
         self.buffers = {n: b[index] for n, b in self.buffers.items()}
-        self.moments = {n: (mean[index], square[index]) for n, (mean, square) in self.moments.items()}
         self._point()
 
     def release(self) -> None:

@@ -88,7 +88,7 @@ def test_resume_with_a_different_config_names_the_difference(smoke_run):
     result = cli("search", SMOKE, "--run-dir", run_dir, "--resume", *FAST, "--set", "fine_tune.epochs=9", check=False)
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "'fine_tune.epochs' (1 there, 9 now)" in message
-    assert "only trials, timeout, workers, threads, tracking, backend, data may change" in message
+    assert "only trials, timeout, workers, threads, trial_batch, tracking, backend, data may change" in message
 
 
 def test_a_concurrent_search_on_a_locked_directory_is_refused(smoke_run):

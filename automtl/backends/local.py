@@ -15,6 +15,7 @@ stops (:mod:`automtl.rungs`) is told as pruned and counts as one trial.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -53,7 +54,9 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             left = config.trials - budget_used(study)
             if left <= 0 or (deadline is not None and time.time() >= deadline):
                 return ran
-            trials = [study.ask() for _ in range(min(batch, left))]
+            # Near the end of the budget a worker takes at most its share of what is left, so none idles
+            # while another runs a full batch.
+            trials = [study.ask() for _ in range(min(batch, math.ceil(left / config.workers)))]
         untold = dict(enumerate(trials))
 
         def tell(index: int, outcome: trial_mod.Outcome) -> None:
