@@ -112,7 +112,7 @@ def test_rungs_with_two_workers_spend_the_budget_exactly_and_only_full_fidelity_
 
 
 def _finished(run_dir):
-    if not (run_dir / "study.journal").exists():
+    if not RunDir(run_dir).exists():  # not created yet (the journal can appear before the config)
         return {}
     return {t.number: (t.state, t.values, t.user_attrs.get("stopped_at"))
             for t in _study(run_dir).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))}
