@@ -89,13 +89,13 @@ def _study(run_dir):
 
 def test_rungs_with_two_workers_spend_the_budget_exactly_and_only_full_fidelity_forms_the_front(tmp_path):
     run_dir = tmp_path / "rungs"
-    cli("search", SMOKE, "--trials", 12, "--workers", 2, "--run-dir", run_dir, "--json", *FAST, *RUNGS,
+    cli("search", SMOKE, "--trials", 16, "--workers", 2, "--run-dir", run_dir, "--json", *FAST, *RUNGS,
         "--set", "seed_front=[0.5, 0.9]", "--set", "pruning.strategies.global_magnitude=null",
         "--set", "focus={min_relative: 0.8}")
     study = _study(run_dir)
     states = [t.state for t in study.trials]
-    assert len(states) == 12 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
-    assert states.count(TrialState.PRUNED) >= 3, "halving at two rungs stops most plans"
+    assert len(states) == 16 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert states.count(TrialState.PRUNED) >= 3, "halving at two rungs stops plans (5 of 16 in trial runs)"
     for t in study.trials:
         rungs = t.user_attrs["rungs"]
         if t.state == TrialState.COMPLETE:
