@@ -117,6 +117,7 @@ class _Stack:
         self.buffers = {n: torch.stack([m.model.get_buffer(n) for m in members]) for n in self.buffer_names}
         self.masks = {n: n[: -len(MASKED)] + "_mask" for n in self.param_names
                       if n.endswith(MASKED) and n[: -len(MASKED)] + "_mask" in self.buffers}
+        self.read_buffers = [n for n in self.buffer_names if n not in set(self.masks.values())]
         self._point()
 
         def member_losses(params, buffers, distillation, inputs, targets, teacher_outputs):
@@ -129,8 +130,12 @@ class _Stack:
         self.vectorised = vmap(member_losses, in_dims=(0, 0, 0, None, None, None), randomness="different")
 
     def _point(self) -> None:
-        """Make every member's parameters and buffers views of its row of the stack."""
+        """Make every member's parameters and buffers views of its row of the stack (and note what the
+        members' forward pass reads per row: their distillation weights)."""
         self.owned = {n: [m.model.get_parameter(n) for m in self.members] for n in self.param_names}
+        self.distillations = torch.tensor([m.distillation for m in self.members],
+                                          device=next(iter(self.params.values())).device)
+        self.distilling = self.teacher is not None and any(m.distillation > 0 for m in self.members)
         for row, member in enumerate(self.members):
             for name in self.param_names:
                 self.owned[name][row].data = self.params[name].data[row]
@@ -139,18 +144,17 @@ class _Stack:
 
     def losses(self, inputs: Tensor, targets: dict[str, Tensor], first: bool) -> Tensor:
         """Every member's task losses on one batch: ``(members, tasks)``."""
-        params = {(n[: -len(MASKED)] if n in self.masks else n): p * self.buffers[self.masks[n]] if n in self.masks else p
-                  for n, p in self.params.items()}
-        masks = set(self.masks.values())
-        buffers = {n: b for n, b in self.buffers.items() if n not in masks}
-        distilling = self.teacher is not None and any(m.distillation > 0 for m in self.members)
+        params = {}
+        for name, stacked in self.params.items():  # a pruned weight is read as weight_orig * weight_mask
+            mask = self.masks.get(name)
+            params[name[: -len(MASKED)] if mask else name] = stacked * self.buffers[mask] if mask else stacked
+        buffers = {name: self.buffers[name] for name in self.read_buffers}
         teacher_outputs = None
-        if distilling:
+        if self.distilling:
             with torch.no_grad():
                 teacher_outputs = task_outputs(self.teacher(inputs), self.problem.task_names)
-        weights = torch.tensor([m.distillation for m in self.members], device=inputs.device)
         try:
-            return self.vectorised(params, buffers, weights, inputs, targets, teacher_outputs)
+            return self.vectorised(params, buffers, self.distillations, inputs, targets, teacher_outputs)
         except (RuntimeError, NotImplementedError, TypeError) as exc:
             if not first:
                 raise
