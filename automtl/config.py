@@ -376,16 +376,9 @@ class SearchConfig(Strict):
     timeout: PositiveFloat | None = None
     workers: PositiveInt = 1
     threads: PositiveInt | None = None
-    # Trials a local worker fine-tunes together in one vectorised pass (automtl.stacked); auto: 1 on the
-    # CPU, several on CUDA (trial.Bench.trial_batch). 1 = one at a time.
+    # Trials a local worker, or one Ray trial slot, fine-tunes together in one vectorised pass
+    # (automtl.stacked); auto: 1 on the CPU, several on CUDA (trial.batch_size). 1 = one at a time.
     trial_batch: PositiveInt | Literal["auto"] = "auto"
-
-    @model_validator(mode="after")
-    def _batches_run_locally(self) -> "SearchConfig":
-        if self.trial_batch != "auto" and self.trial_batch > 1 and self.backend.name != "local":
-            raise ValueError(f"trial_batch {self.trial_batch} needs the local backend: on {self.backend.name} "
-                             "every trial runs on its own (set trial_batch: 1 or auto)")
-        return self
 
     @model_validator(mode="after")
     def _enqueued_plans_fit_the_space(self) -> "SearchConfig":

@@ -94,6 +94,15 @@ def resolve_device(name: str) -> torch.device:
 AUTO_BATCH, AUTO_BATCH_PARAMETERS = 16, 50_000_000
 
 
+def batch_size(config: SearchConfig, cuda: bool, parameters: Callable[[], int]) -> int:
+    """Trials fine-tuned together: the config's ``trial_batch``, or for ``auto`` 1 on the CPU (a small network
+    trains compute-bound there, so a batch is no faster: docs/BENCHMARKS.md) and on CUDA as many as keep the
+    stack within ``AUTO_BATCH_PARAMETERS`` parameters (``parameters()``: one model's), at most ``AUTO_BATCH``."""
+    if config.trial_batch != "auto":
+        return config.trial_batch
+    return max(1, min(AUTO_BATCH, AUTO_BATCH_PARAMETERS // parameters())) if cuda else 1
+
+
 @dataclass
 class Bench:
     """What every trial of a study shares: config, problem, model spec, trained dense model."""
@@ -123,15 +132,9 @@ class Bench:
         return self.problem.task_names
 
     def trial_batch(self) -> int:
-        """Trials a local worker fine-tunes together: the config's ``trial_batch``, or for ``auto`` 1 on the
-        CPU (a small network trains compute-bound there, so a batch is no faster: docs/BENCHMARKS.md) and on
-        CUDA as many as keep the stack within ``AUTO_BATCH_PARAMETERS`` parameters, at most ``AUTO_BATCH``."""
-        if self.config.trial_batch != "auto":
-            return self.config.trial_batch
-        if resolve_device(self.config.backend.device).type != "cuda":
-            return 1
-        size = sum(p.numel() for p in self.dense.parameters())
-        return max(1, min(AUTO_BATCH, AUTO_BATCH_PARAMETERS // size))
+        """Trials a local worker fine-tunes together (:func:`batch_size` on this process's device)."""
+        cuda = resolve_device(self.config.backend.device).type == "cuda"
+        return batch_size(self.config, cuda, lambda: sum(p.numel() for p in self.dense.parameters()))
 
     def on(self, device: torch.device) -> tuple[Problem, nn.Module]:
         """The problem's data and the dense model on ``device`` (moved once, then reused)."""

@@ -160,6 +160,8 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
     local_startup, begun = time.perf_counter() - begun - wall_local, time.perf_counter()
     on_ray, wall_ray = search(root, "ray-ray", [f"trials={n}", "backend.name=ray", "backend.cpus_per_trial=1"], replay)
     ray_startup = time.perf_counter() - begun - wall_ray
+    batched, wall_batched = search(root, "ray-batched", [f"trials={n}", "backend.name=ray", "backend.cpus_per_trial=2",
+                                                         "trial_batch=8"], replay)
     local_ms, ray_ms = _overhead_ms(local, wall_local, 2), _overhead_ms(on_ray, wall_ray, 2)
     first = sorted(on_ray.trials, key=lambda t: t.number)[:2]
     first_wait = statistics.mean((t.datetime_complete - t.datetime_start).total_seconds()
@@ -172,7 +174,8 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
         "| backend | trial-loop wall | sum of trial compute | trials / min | overhead per trial |",
         "|---|---:|---:|---:|---:|",
         f"| local | {wall_local:.1f} s | {compute(local):.1f} s | {60 * n / wall_local:.1f} | {local_ms:.0f} ms |",
-        f"| ray | {wall_ray:.1f} s | {compute(on_ray):.1f} s | {60 * n / wall_ray:.1f} | {ray_ms:.0f} ms |", "",
+        f"| ray | {wall_ray:.1f} s | {compute(on_ray):.1f} s | {60 * n / wall_ray:.1f} | {ray_ms:.0f} ms |",
+        f"| ray, batches of 8 in one slot of 2 CPUs | {wall_batched:.1f} s | | {60 * n / wall_batched:.1f} | |", "",
         f"* Overhead per trial = (2 x wall - trial compute) / trials: Ray adds **{ray_ms - local_ms:.0f} ms** a "
         f"trial over the local backend (**{ray_ms / max(local_ms, 1e-9):.1f}x** its overhead); trial-loop wall "
         f"ratio ray / local = **{wall_ray / wall_local:.2f}x**. The Ray loop includes starting its two worker "
@@ -182,6 +185,9 @@ def ray_part(root: Path, args: argparse.Namespace) -> None:
         f"* Everything outside the trial loop (dense model, study, starting workers, final MLflow sync and "
         f"dashboard) takes **{ray_startup:.1f} s** on Ray vs **{local_startup:.1f} s** locally, once per search; "
         "the difference is mostly starting the local Ray and its worker processes.",
+        f"* Trial batching on Ray (`--trial-batch 8 --cpus-per-trial 2`: each Ray trial fine-tunes 8 trials "
+        f"together with both threads): **{wall_ray / wall_batched:.2f}x** the trials per minute of two one-trial "
+        "slots (a batched trial's compute is its batch's wall-clock, so that column is left blank).",
     ]
     publish("search-ray", lines, f"python benchmarks/search.py --parts ray --speed-trials {n}", started)
 
@@ -190,8 +196,9 @@ def gpu_part(root: Path, args: argparse.Namespace) -> None:
     """Every CUDA path on one GPU, MLflow off: section ``search-gpu``.
 
     Local backend on CUDA vs CPU on the same replayed plans; the ResNet search space (BatchNorm, residual
-    adds) searched on CUDA and its knee trial exported; then Ray with 1 vs 0.25 GPU per trial, each given
-    at most ``RAY_SECONDS`` (a Ray run that stalls shows as few trials per minute, not as a hang)."""
+    adds) searched on CUDA and its knee trial exported; then Ray with 1 vs 0.25 GPU per Ray trial, and 1 GPU
+    running batches of 8 trials, each given at most ``RAY_SECONDS`` (a Ray run that stalls shows as few
+    trials per minute, not as a hang)."""
     import torch
 
     started, n = time.perf_counter(), args.speed_trials
@@ -222,11 +229,11 @@ def gpu_part(root: Path, args: argparse.Namespace) -> None:
         f"{_rounded(exported.get('exported_onnx', {}))} (ONNX), the trial measured "
         f"{_rounded(exported['search'])}.")
     print(resnet_line, flush=True)
-    for share in (1.0, 0.25):
-        study, wall = search(root, f"gpu-ray-{share}", [f"trials={n}", f"timeout={RAY_SECONDS}", "backend.name=ray",
-                                                        "backend.device=cuda", f"backend.gpus_per_trial={share}",
-                                                        "backend.cpus_per_trial=1", *quiet], replay)
-        row(f"Ray, {share:g} GPU per trial ({int(1 / share)} at once)", study, wall)
+    for share, batch in ((1.0, 1), (0.25, 1), (1.0, 8)):
+        study, wall = search(root, f"gpu-ray-{share}-{batch}", [
+            f"trials={n}", f"timeout={RAY_SECONDS}", "backend.name=ray", "backend.device=cuda",
+            f"backend.gpus_per_trial={share}", "backend.cpus_per_trial=1", f"trial_batch={batch}", *quiet], replay)
+        row(f"Ray, {share:g} GPU per Ray trial ({int(1 / share)} at once), trial_batch {batch}", study, wall)
     lines = [
         "## On a GPU (`benchmarks/gpu.sh`)", "",
         f"{torch.cuda.get_device_name(0)}, MLflow off. multidigits.yaml, {n} trials replayed from the CUDA run "

@@ -106,11 +106,34 @@ def test_rungs_stop_trials_on_ray_workers_and_the_budget_is_exact(tmp_path):
     assert all(set(t.user_attrs["rungs"]) == {"1"} for t in study.trials if t.state == TrialState.COMPLETE)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_an_interrupted_ray_search_resumes_by_restoring_tune_and_loses_nothing(tmp_path, stop):
+# Two plans run first, in one batch: the second (random removal, less sparse) is dominated at the rung by the
+# first (Taylor importance).
+LEADER_AND_DOMINATED = ("enqueue=[{order: [taylor], thresholds: {taylor: 0.9}, loss_weights: {left: 1}}, "
+                        "{order: [random], thresholds: {random: 0.8}, loss_weights: {left: 1}}]")
+
+
+def test_a_ray_trial_slot_fine_tunes_a_batch_and_tells_each_member_with_the_budget_exact(tmp_path):
+    run_dir = tmp_path / "batched"
+    search_cli("search", SMOKE, "--trials", 10, "--trial-batch", 3, "--run-dir", run_dir, "--json", *FAST, *RAY,
+               *RUNGS, "--set", "rungs={min_epochs: 1, reduction: 8}", "--set", "tracking.enabled=false",
+               "--set", LEADER_AND_DOMINATED)
+    study = RunDir(run_dir).load_study()
+    assert len(study.trials) == 10 and {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    leader, dominated = study.trials[:2]
+    assert leader.state == TrialState.COMPLETE and "weights" in leader.user_attrs
+    assert dominated.state == TrialState.PRUNED and dominated.user_attrs["stopped_at"] == 1, "it left its batch"
+    batches = [json.loads(p.read_text())[ray_backend.BATCH] for p in (run_dir / "tune").glob("trial-*/params.json")]
+    assert sorted(n[ray_backend.NUMBER] for b in batches for n in b) == list(range(10)), "each trial in one batch"
+    assert max(map(len, batches)) == 3 and min(map(len, batches)) == 1, "2 slots share the tail of the budget"
+
+
+@pytest.mark.parametrize("stop, batch", [(signal.SIGINT, 1), (signal.SIGKILL, 1), (signal.SIGKILL, 3)],
+                         ids=["ctrl-c", "sigkill", "sigkill-batched"])
+def test_an_interrupted_ray_search_resumes_by_restoring_tune_and_loses_nothing(tmp_path, stop, batch):
     run_dir = tmp_path / "interrupted"
     args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "24", "--run-dir", str(run_dir),
-            "--json", *FAST, *map(str, RAY), "--set", "fine_tune.epochs=6", "--set", "tracking.enabled=false"]
+            "--json", *FAST, *map(str, RAY), "--set", "fine_tune.epochs=6", "--set", "tracking.enabled=false",
+            "--trial-batch", str(batch)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while len(_completed(run_dir)) < 4 and time.time() < deadline and proc.poll() is None:

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from automtl.config import load
 from automtl.space import TrialPlan
-from automtl.trial import Bench, TrialFailed, TrialStopped, run, run_batch
+from automtl.trial import AUTO_BATCH, Bench, TrialFailed, TrialStopped, batch_size, run, run_batch
 from tests.test_rungs import RUNGS, _finished, _study
 from tests.test_search import FAST, SMOKE, cli, kill_mid_search
 
@@ -136,11 +136,11 @@ def test_a_kill_mid_batch_then_resume_loses_and_reruns_nothing(tmp_path):
                for t in _study(run_dir).trials if t.state == TrialState.FAIL)
 
 
-def test_trial_batch_is_refused_on_ray_and_auto_runs_one_at_a_time_on_the_cpu(tmp_path, zoo):
-    bad = cli("search", SMOKE, "--trial-batch", 4, "--backend", "ray", "--run-dir", tmp_path / "ray", check=False)
-    assert bad.returncode == 2 and "trial_batch 4 needs the local backend" in bad.stderr
-    assert not (tmp_path / "ray").exists()
+def test_trial_batch_takes_a_size_or_auto_which_is_one_on_the_cpu_and_bounded_on_cuda(tmp_path, zoo):
     bad = cli("search", SMOKE, "--trial-batch", "many", "--run-dir", tmp_path / "many", check=False)
     assert bad.returncode == 2 and "trial_batch" in bad.stderr and not (tmp_path / "many").exists()
     assert _bench(zoo, "mlp", tmp_path, "backend.device=cpu").trial_batch() == 1
     assert _bench(zoo, "mlp", tmp_path, "trial_batch=8").trial_batch() == 8
+    auto = load(SMOKE)
+    assert batch_size(auto, cuda=False, parameters=lambda: 1 / 0) == 1, "the CPU rule reads no model"
+    assert [batch_size(auto, cuda=True, parameters=lambda: n) for n in (10**5, 10**7, 10**9)] == [AUTO_BATCH, 5, 1]

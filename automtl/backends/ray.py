@@ -7,8 +7,12 @@ local backend, so ``status``, ``pareto``, ``report`` and ``export`` read a
 Ray-made run directory unchanged. It stops asking once the budget (or the
 timeout) is spent and records each result, or each failure with its reason.
 
-Workers only run :func:`automtl.trial.run` on the resources Ray gave them (the
-GPU Ray assigned when there is one), write the trial weights into the run
+One Tune trial is a batch of ``trial_batch`` Optuna trials (one when it is 1,
+or ``auto`` on the CPU): the searcher asks them together, the worker runs them
+with :func:`automtl.trial.run_batch` on the resources Ray gave that Tune trial
+(the GPU Ray assigned when there is one: ``--gpus-per-trial`` is per batch),
+reports each member as it ends, and the searcher tells that member's Optuna
+trial at once. Workers write the trial weights into the run
 directory (storage every node mounts, on a multi-node cluster), record a
 trial's rungs in the study's storage (:mod:`automtl.rungs`; a stopped trial is
 reported back and told as pruned) and create the trial's MLflow child run
@@ -17,7 +21,8 @@ under the study's parent run. The prepared bench
 
 Tune keeps its own experiment state in ``RUN_DIR/tune``; ``--resume`` restores
 it with ``Tuner.restore``: trials that were in flight run again as the same
-Optuna trials, and finished trials are never lost (they live in the study).
+Optuna trials (a batch's members already told are skipped), and finished
+trials are never lost (they live in the study).
 """
 
 from __future__ import annotations
@@ -61,26 +66,28 @@ from automtl.rungs import RungGate
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "tune"  # Tune's experiment directory inside the run directory
-NUMBER, PLAN = "automtl.number", "automtl.plan"  # what the searcher hands each Tune trial
-RESULT, STOPPED, FAILED = "automtl.result", "automtl.stopped", "automtl.fail_reason"  # what a worker reports back
+BATCH, NUMBER, PLAN = "automtl.batch", "number", "plan"  # what the searcher hands each Tune trial: its members
+# what a worker reports back, once per member
+MEMBER, RESULT, STOPPED, FAILED = "automtl.member", "automtl.result", "automtl.stopped", "automtl.fail_reason"
 MODES = {"maximize": "max", "minimize": "min"}
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
 
 
 def _define(trial: optuna.Trial, config: SearchConfig, task_names: list[str]) -> dict[str, Any]:
-    """Define-by-run space: sample a plan, record it on the trial, hand it (and the trial number) to Tune."""
+    """Define-by-run space: sample a plan and record it on the trial; the member handed to Tune."""
     plan = space.suggest(trial, config, task_names)
     record_plan(trial, plan, "ray")
     return {NUMBER: trial.number, PLAN: plan.as_dict()}
 
 
 class StudySearcher(OptunaSearch):
-    """``OptunaSearch`` on a run directory's study, with the budget, failure reasons and results recorded.
+    """``OptunaSearch`` on a run directory's study, each Tune trial a batch of Optuna trials, with the
+    budget, failure reasons and results recorded.
 
     Pickles as its run directory only: Tune stores the searcher with the
-    experiment, and a restored one reloads the study (and the new budget) from
-    the run directory; :meth:`save` / :meth:`restore` carry the map from Tune
-    trial ids to Optuna trial numbers.
+    experiment, and a restored one reloads the study (and the new budget and
+    ``trial_batch``) from the run directory; :meth:`save` / :meth:`restore`
+    carry the map from Tune trial ids to their members' Optuna trial numbers.
     """
 
     def __init__(self, run_path: str):
@@ -97,62 +104,93 @@ class StudySearcher(OptunaSearch):
             study_name=name,
             storage=self._run.storage(url),
         )
+        self._tasks = attrs["tasks"]
+        self._members: dict[str, list[optuna.Trial]] = {}
         self._deadline: float | None = None
+        self._batch: int | None = None
 
     def __reduce__(self):
         return StudySearcher, (str(self._run.path),)
 
+    def _batch_size(self) -> int:
+        """Members per Tune trial: the trials' device is CUDA when each Tune trial gets a GPU."""
+        if self._batch is None:
+            config = self._config
+            self._batch = trial_mod.batch_size(config, config.backend.gpus_per_trial > 0, lambda: sum(
+                p.numel() for p in trial_mod.Bench.prepare(config, self._run.path).dense.parameters()))
+        return self._batch
+
     def suggest(self, trial_id: str) -> dict | str | None:
         if self._deadline is None:  # the clock starts when Tune first asks, also after a restore
             self._deadline = time.time() + self._config.timeout if self._config.timeout else math.inf
-        if trial_id not in self._ot_trials and (
-            budget_used(self._ot_study) >= self._config.trials or time.time() >= self._deadline
-        ):
-            return Searcher.FINISHED
-        return super().suggest(trial_id)
+        if trial_id not in self._members:
+            left = self._config.trials - budget_used(self._ot_study)
+            if left <= 0 or time.time() >= self._deadline:
+                return Searcher.FINISHED
+            # Near the end of the budget a batch takes at most its slot's share of what is left.
+            size = min(self._batch_size(), math.ceil(left / _slots(self._config)))
+            self._members[trial_id] = [self._ot_study.ask() for _ in range(size)]
+        return {BATCH: [_define(t, self._config, self._tasks) for t in self._members[trial_id]]}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if MEMBER in result:
+            self._tell(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        if trial_id not in self._members or trial_id in self._completed_trials:
             return
         self._completed_trials.add(trial_id)
-        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
-        if stored.state.is_finished():  # re-run after a restore of a trial the study already has
+        if result and MEMBER in result:
+            self._tell(trial_id, result)
+        died = f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})"
+        for member in self._members[trial_id]:
+            if not self._told(member):
+                record_failure(member, died)
+                log.warning("trial %d failed: %s", member.number, died)
+                self._ot_study.tell(member, state=TrialState.FAIL)
+
+    def _told(self, member: optuna.Trial) -> bool:
+        return self._ot_study._storage.get_trial(member._trial_id).state.is_finished()
+
+    def _tell(self, trial_id: str, result: dict) -> None:
+        """Tell the member a worker reported on (once: a restored batch reports it again)."""
+        member = next((t for t in self._members[trial_id] if t.number == result[MEMBER]), None)
+        if member is None or self._told(member):
             return
-        payload = json.loads(result[RESULT]) if result and result.get(RESULT) else None
-        if payload is not None:
-            record_result(ot_trial, TrialResult.from_attrs(payload["values"], payload["attrs"]),
+        if result.get(RESULT):
+            payload = json.loads(result[RESULT])
+            record_result(member, TrialResult.from_attrs(payload["values"], payload["attrs"]),
                           self._ot_study.user_attrs)
-            ot_trial.set_user_attr("worker", payload["worker"])
-            self._ot_study.tell(ot_trial, payload["values"])
-            return
-        stop = json.loads(result[STOPPED]) if result and result.get(STOPPED) else None
-        if stop is not None:
-            record_stop(ot_trial, stop["epochs"], stop["metrics"], stop["seconds"], self._ot_study.user_attrs)
-            ot_trial.set_user_attr("worker", stop["worker"])
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-            return
-        reason = (result or {}).get(FAILED) or (
-            f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})")
-        record_failure(ot_trial, reason)
-        log.warning("trial %d failed: %s", ot_trial.number, reason)
-        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            member.set_user_attr("worker", payload["worker"])
+            self._ot_study.tell(member, payload["values"])
+        elif result.get(STOPPED):
+            stop = json.loads(result[STOPPED])
+            record_stop(member, stop["epochs"], stop["metrics"], stop["seconds"], self._ot_study.user_attrs)
+            member.set_user_attr("worker", stop["worker"])
+            self._ot_study.tell(member, state=TrialState.PRUNED)
+        else:
+            record_failure(member, result[FAILED])
+            log.warning("trial %d failed: %s", member.number, result[FAILED])
+            self._ot_study.tell(member, state=TrialState.FAIL)
 
     def save(self, checkpoint_path: str) -> None:
-        numbers = {tid: t.number for tid, t in self._ot_trials.items()}
-        state = {"numbers": numbers, "completed": sorted(self._completed_trials)}
+        members = {tid: [t.number for t in trials] for tid, trials in self._members.items()}
+        state = {"members": members, "completed": sorted(self._completed_trials)}
         Path(checkpoint_path).write_text(json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        """Rebind Tune's trials to their Optuna trials; mark the study's other running trials interrupted."""
+        """Rebind Tune's trials to their members' Optuna trials; mark the study's other running trials
+        interrupted."""
         state = json.loads(Path(checkpoint_path).read_text())
         study, storage = self._ot_study, self._ot_study._storage
         self._completed_trials = set(state["completed"])
-        self._ot_trials = {
-            tid: optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-            for tid, number in state["numbers"].items()
+        self._members = {
+            tid: [optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, n))
+                  for n in numbers]
+            for tid, numbers in state["members"].items()
         }
-        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
+        live = {t.number for tid, trials in self._members.items() if tid not in self._completed_trials
+                for t in trials}
         stale = mark_interrupted(study, keep=live)
         if stale:
             log.warning("marked %d trial(s) Tune will not resume as failed (interrupted)", stale)
@@ -180,31 +218,47 @@ def _gate(bench: trial_mod.Bench, number: int) -> RungGate | None:
 
 
 def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None) -> None:
-    """One Tune trial on a worker: run the plan, report the result (or the failure), log the MLflow child run."""
-    number, plan = params[NUMBER], space.TrialPlan(**params[PLAN])
+    """One Tune trial on a worker: run its members as one batch, report each one's result (or failure) as it
+    ends and log its MLflow child run. Members the study already has (a restored batch) are skipped."""
     torch.set_num_threads(max(1, int(bench.config.backend.cpus_per_trial)))
     started = datetime.now()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)}
+    members = [(m[NUMBER], space.TrialPlan(**m[PLAN])) for m in params[BATCH]]
+    if not bench.run_dir.is_dir():
+        missing = trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on "
+                                        f"{socket.gethostname()}; put it on storage every node mounts (docs/cluster.md)")
+        for number, plan in members:
+            _report(number, plan, None, missing, bench, tracking_attrs, worker, started)
+        return
+    study = _study(str(bench.run_dir))
+    members = [(n, plan) for n, plan in members if not _finished(study, n)]
+    jobs = [(plan, number, _gate(bench, number)) for number, plan in members]
+    trial_mod.run_batch(jobs, bench, lambda index, outcome: _report(
+        *members[index], jobs[index][2], outcome, bench, tracking_attrs, worker, started))
+
+
+def _finished(study: optuna.Study, number: int) -> bool:
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+                             ).state.is_finished()
+
+
+def _report(number: int, plan: space.TrialPlan, gate: RungGate | None, outcome: trial_mod.Outcome,
+            bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None, worker: str, started: datetime) -> None:
+    """Report how one member ended to Tune (the searcher tells its Optuna trial) and log its MLflow child run."""
+    metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)} | {MEMBER: number}
     record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
-    gate = None
-    try:
-        if not bench.run_dir.is_dir():
-            raise trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
-                                        "put it on storage every node mounts (docs/cluster.md)")
-        gate = _gate(bench, number)
-        result = trial_mod.run(plan, bench, number, gate)
-    except trial_mod.TrialStopped as stop:
-        record = replace(record, state="pruned", stopped_at=stop.epochs, stopped_seconds=stop.seconds)
-        tune.report(metrics | {STOPPED: json.dumps({"epochs": stop.epochs, "metrics": stop.metrics,
-                                                    "seconds": stop.seconds, "worker": worker})})
-    except Exception as exc:  # noqa: BLE001 - the failure is recorded on the trial, the search goes on
-        record = replace(record, state="fail", fail_reason=f"{type(exc).__name__}: {exc}")
+    if isinstance(outcome, trial_mod.TrialStopped):
+        record = replace(record, state="pruned", stopped_at=outcome.epochs, stopped_seconds=outcome.seconds)
+        tune.report(metrics | {STOPPED: json.dumps({"epochs": outcome.epochs, "metrics": outcome.metrics,
+                                                    "seconds": outcome.seconds, "worker": worker})})
+    elif isinstance(outcome, Exception):  # recorded on the trial, the search goes on
+        record = replace(record, state="fail", fail_reason=f"{type(outcome).__name__}: {outcome}")
         tune.report(metrics | {FAILED: record.fail_reason})
     else:
-        record = replace(record, state="complete", values=tuple(result.values), result=result)
-        payload = {"values": result.values, "attrs": result.to_attrs(), "worker": worker}
-        tune.report(metrics | dict(zip(metrics, result.values)) | {RESULT: json.dumps(payload)})
+        record = replace(record, state="complete", values=tuple(outcome.values), result=outcome)
+        payload = {"values": outcome.values, "attrs": outcome.to_attrs(), "worker": worker}
+        tune.report(metrics | dict(zip(metrics, outcome.values)) | {RESULT: json.dumps(payload)})
     record = replace(record, rungs=dict(gate.recorded) if gate else {})
     tracker = _tracker(tracking_attrs)
     if tracker:
@@ -217,7 +271,7 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
 
 
 def _trial_dirname(trial: tune.experiment.Trial) -> str:
-    return f"trial-{trial.config[NUMBER]:06d}-{trial.trial_id}"
+    return f"trial-{trial.config[BATCH][0][NUMBER]:06d}-{trial.trial_id}"
 
 
 def ships_datasets(config: SearchConfig) -> bool:
