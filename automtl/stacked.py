@@ -23,6 +23,7 @@ different numbers per member.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +50,7 @@ class Member:
     distillation: float = 0.0
     before_step: Callable[[int], None] | None = None
     after_epoch: Callable[[int], bool] | None = None
+    seconds: float = 0.0  # its share of the batch's wall-clock: each epoch's time split among the members in it
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -78,7 +80,7 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
         for epoch in range(config.epochs):
             for m in stack.members:
                 m.model.train()
-            sums, batches = None, 0
+            sums, batches, started = None, 0, time.perf_counter()
             for inputs, targets in problem.train.batches(config.batch_size, generator):
                 for m in stack.members:
                     if m.before_step is not None:
@@ -94,6 +96,9 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                     m.weighting.after_step()
                 sums = losses.detach() if sums is None else sums + losses.detach()
                 batches, step = batches + 1, step + 1
+            share = (time.perf_counter() - started) / len(stack.members)
+            for m in stack.members:
+                m.seconds += share
             stack.end_epoch(epoch + 1, (sums / batches).tolist())
             if not stack.members:
                 break
@@ -174,7 +179,10 @@ class _Stack:
         for member, row in zip(self.members, means):
             member.history.append(dict(zip(self.problem.task_names, row)))
             member.weighting.after_epoch(member.history[-1])
-            if member.after_epoch is None or member.after_epoch(epochs):
+            started = time.perf_counter()
+            goes_on = member.after_epoch is None or member.after_epoch(epochs)
+            member.seconds += time.perf_counter() - started  # its own rung judging
+            if goes_on:
                 staying.append(member)
         if len(staying) < len(self.members):
             self._keep([self.members.index(m) for m in staying])

@@ -189,7 +189,7 @@ class _Pruned:
     judge: "_Judge | None"
     start: float
     pruned: float
-    tuned: float = 0.0
+    fine_tune_seconds: float | None = None  # None until fine-tuned
 
 
 def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) -> TrialResult:
@@ -236,7 +236,7 @@ def run_batch(jobs: list[tuple[TrialPlan, int, Gate | None]], bench: Bench,
         if index in reported:
             continue
         try:
-            if not trial.tuned:
+            if trial.fine_tune_seconds is None:
                 _fine_tune_alone(trial, bench)
             outcome = _finish(trial, bench)
         except Exception as exc:  # noqa: BLE001
@@ -273,9 +273,10 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     config, plan = bench.config, trial.plan
     problem, dense = bench.on(resolve_device(config.backend.device))
     distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
+    started = time.perf_counter()
     history = fit(trial.model, problem, config.fine_tune.train(plan.lr), config.seed, trial.weighting, distill,
                   before_step=trial.closing, after_epoch=trial.judge)
-    _check_tuned(trial, history)
+    _check_tuned(trial, history, time.perf_counter() - started)
 
 
 def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callable[[int, Outcome], None]) -> None:
@@ -288,33 +289,33 @@ def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callab
             try:
                 _check_finite_history(member.history)
                 if trial.judge is not None and not trial.judge(epochs):
-                    _check_tuned(trial, member.history)
+                    _check_tuned(trial, member.history, member.seconds)
                 return True
             except (TrialFailed, TrialStopped) as outcome:
                 report(index, outcome)
                 return False
         return after_epoch
 
-    members = []
+    members = {}
     for index, trial in trials.items():
         member = stacked.Member(trial.model, trial.weighting, config.fine_tune.train(trial.plan.lr).lr,
                                 trial.plan.distillation, trial.closing)
         member.after_epoch = leaving(index, trial, member)
-        members.append(member)
-    stacked.fit_together(members, dense, problem, config.fine_tune.train(), config.seed, dense,
+        members[index] = member
+    stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.train(), config.seed, dense,
                          config.distillation.temperature)
-    tuned = time.perf_counter()
-    for trial in trials.values():
-        trial.tuned = tuned
+    for index, trial in trials.items():
+        trial.fine_tune_seconds = members[index].seconds  # its share: a batch's time counts once
 
 
-def _check_tuned(trial: _Pruned, history: list[dict[str, float]]) -> None:
-    """Raise TrialFailed when fine-tuning diverged, TrialStopped when a rung stopped the trial."""
+def _check_tuned(trial: _Pruned, history: list[dict[str, float]], seconds: float) -> None:
+    """Raise TrialFailed when fine-tuning diverged, TrialStopped (with the trial's compute so far) when a rung
+    stopped the trial; else record ``seconds`` of fine-tuning."""
     _check_finite_history(history)
     if trial.judge and trial.judge.stopped:
-        trial.judge.stopped.seconds = time.perf_counter() - trial.start
+        trial.judge.stopped.seconds = trial.pruned - trial.start + seconds
         raise trial.judge.stopped
-    trial.tuned = time.perf_counter()
+    trial.fine_tune_seconds = seconds
 
 
 def _check_finite_history(history: list[dict[str, float]]) -> None:
@@ -326,6 +327,7 @@ def _finish(trial: _Pruned, bench: Bench) -> TrialResult:
     """Evaluate the fine-tuned trial, save its weights, and its result."""
     config = bench.config
     problem = trial.ctx.problem
+    started = time.perf_counter()
     report, metrics, test_metrics, structure = _evaluate(trial.model, trial.ctx, problem, config)
     evaluated = time.perf_counter()
     values = [float(v) for v in _measures(report, metrics, problem, structure, objectives.declared(config, problem))]
@@ -344,8 +346,8 @@ def _finish(trial: _Pruned, bench: Bench) -> TrialResult:
         final_loss_weights=trial.weighting.current(),
         structure=structure,
         prune_seconds=trial.pruned - trial.start,
-        fine_tune_seconds=trial.tuned - trial.pruned,
-        eval_seconds=evaluated - trial.tuned,
+        fine_tune_seconds=trial.fine_tune_seconds,
+        eval_seconds=evaluated - started,
         weights=relative,
     )
 

@@ -1,6 +1,7 @@
 """Trial batching: several trials fine-tuned in one vectorised pass give each the result it gets alone."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -62,6 +63,18 @@ def test_every_batched_trial_matches_the_same_trial_run_alone(zoo, tmp_path, nam
     for one, together in zip(alone, batched, strict=True):
         _agree(one, together)
     assert all(r.fine_tune_seconds > 0 and r.eval_seconds > 0 for r in batched)
+
+
+def test_a_batch_counts_its_wall_clock_once_in_its_trials_compute(zoo, tmp_path):
+    bench = _bench(zoo, "mlp", tmp_path)
+    plans = _plans(bench.problem)[:3]  # stacked together (no GradNorm)
+    started = time.perf_counter()
+    batched = _batched(bench, plans)
+    wall = time.perf_counter() - started
+    shares = [r.fine_tune_seconds for r in batched]
+    assert all(share > 0 for share in shares) and sum(r.compute_seconds for r in batched) <= wall, \
+        "each trial's fine-tune is its share of the batch's time, not the whole of it"
+    assert max(shares) < 1.5 * min(shares), "members that stay the whole batch share it about equally"
 
 
 def test_a_diverging_member_fails_alone_and_leaves_the_others_untouched(zoo, tmp_path):
