@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from automtl import UserError
+from automtl.models import in_mode, task_outputs
 from automtl.pruning import STRATEGIES, PruneContext, apply
+from automtl.pruning.base import get_strategy
+from automtl.pruning.groups import drop_unheard
+from automtl.pruning import pipeline
+from automtl.pruning.pipeline import measure
 from automtl.pruning.activations import unit_activations
 from automtl.pruning.layers import discover, effective, present
 from automtl.train import TrainConfig, fit
@@ -214,7 +219,34 @@ def test_pipeline_counts_sparsity_compression_and_empty_units(zoo):
     empty = sum(int((effective(m).eq(0).all(1) & effective(m, "bias").eq(0)).sum()) for m in hidden)
     assert report.empty_units == empty > 0
     assert [s.strategy for s in report.steps] == ["activation", "magnitude"]
-    assert report.steps[0].sparsity <= report.steps[1].sparsity == report.sparsity
+    assert report.steps[0].sparsity <= report.steps[1].sparsity <= report.sparsity
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_units_nothing_reads_lose_their_weights_and_the_outputs_stay_the_same(zoo, name):
+    problem, model, ctx = fresh(zoo, name)
+    get_strategy("global_magnitude")(model, ctx, 0.97)
+    inputs = problem.val.inputs[:64]
+    with in_mode(model, False):
+        before = task_outputs(model(inputs), problem.task_names)
+        sparsity = measure(model, ctx).sparsity
+        dropped = drop_unheard(ctx.groups)
+        after = task_outputs(model(inputs), problem.task_names)
+    assert all(torch.equal(before[t], after[t]) for t in before), "a unit nothing reads changes no output"
+    assert drop_unheard(ctx.groups) == 0, "it cascades until none is left to drop"
+    assert (measure(model, ctx).sparsity > sparsity) == (dropped > 0)
+    if name == "mlp":
+        assert dropped > 0
+
+
+def test_a_drop_that_would_change_the_outputs_is_undone(zoo, monkeypatch, caplog):
+    problem, model, ctx = fresh(zoo, "mlp")
+    missed = lambda groups: groups[0].remove(groups[0].alive(), "a coupling the graph missed")  # noqa: E731
+    monkeypatch.setattr(pipeline, "drop_unheard", missed)
+    with caplog.at_level(logging.WARNING):
+        report = apply(model, [("magnitude", 0.1)], ctx)
+    assert "still changed the outputs" in caplog.text
+    assert report.sparsity == report.steps[-1].sparsity and all(group.alive().sum() > 1 for group in ctx.groups)
 
 
 def test_user_models_returning_tuples_are_understood(zoo):

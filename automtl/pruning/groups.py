@@ -135,6 +135,26 @@ class UnitGroup:
         return int(remove.sum())
 
 
+def drop_unheard(groups: list[UnitGroup]) -> int:
+    """Mask the producing entries of every alive unit that nothing reads any more (every weight column
+    reading it is zero), until none is left (dropping one can leave the units feeding it unheard). Such a
+    unit changes no output, before or during fine-tuning (its producing weights get no gradient), so this
+    is exact: it only makes zero what could never matter. A group where that would leave a producing layer
+    without a non-zero weight is left as it is, so no layer is emptied. Returns the units dropped."""
+    def unheard(group: UnitGroup) -> Tensor:
+        gone = group.unheard() & group.alive()
+        for m in group.producers:
+            if m.role == "out" and not (_rows(effective(m.module).ne(0), "out")[m.index] & ~gone[m.unit]).any():
+                return torch.zeros_like(gone)
+        return gone
+
+    dropped = found = sum(g.remove(unheard(g), "dropping unheard units") for g in groups)
+    while found:
+        found = sum(g.remove(unheard(g), "dropping unheard units") for g in groups)
+        dropped += found
+    return dropped
+
+
 def _rows(mask: Tensor, role: Role) -> Tensor:
     """Per entry (dim 0 for producers, dim 1 for readers): any True in that slice."""
     return (mask.transpose(0, 1) if role == "in" else mask).flatten(1).any(1) if mask.dim() > 1 else mask
