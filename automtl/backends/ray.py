@@ -144,18 +144,15 @@ class StudySearcher(OptunaSearch):
             self._tell(trial_id, result)
         died = f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})"
         for member in self._members[trial_id]:
-            if not self._told(member):
+            if not _finished(self._ot_study, member.number):
                 record_failure(member, died)
                 log.warning("trial %d failed: %s", member.number, died)
                 self._ot_study.tell(member, state=TrialState.FAIL)
 
-    def _told(self, member: optuna.Trial) -> bool:
-        return self._ot_study._storage.get_trial(member._trial_id).state.is_finished()
-
     def _tell(self, trial_id: str, result: dict) -> None:
         """Tell the member a worker reported on (once: a restored batch reports it again)."""
         member = next((t for t in self._members[trial_id] if t.number == result[MEMBER]), None)
-        if member is None or self._told(member):
+        if member is None or _finished(self._ot_study, member.number):
             return
         if result.get(RESULT):
             payload = json.loads(result[RESULT])
@@ -223,29 +220,31 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
     torch.set_num_threads(max(1, int(bench.config.backend.cpus_per_trial)))
     started = datetime.now()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    members = [(m[NUMBER], space.TrialPlan(**m[PLAN])) for m in params[BATCH]]
+    members = [(space.TrialPlan(**m[PLAN]), m[NUMBER]) for m in params[BATCH]]
     if not bench.run_dir.is_dir():
         missing = trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on "
                                         f"{socket.gethostname()}; put it on storage every node mounts (docs/cluster.md)")
-        for number, plan in members:
-            _report(number, plan, None, missing, bench, tracking_attrs, worker, started)
+        for plan, number in members:
+            _report((plan, number, None), missing, bench, tracking_attrs, worker, started)
         return
     study = _study(str(bench.run_dir))
-    members = [(n, plan) for n, plan in members if not _finished(study, n)]
-    jobs = [(plan, number, _gate(bench, number)) for number, plan in members]
+    jobs = [(plan, number, _gate(bench, number)) for plan, number in members if not _finished(study, number)]
     trial_mod.run_batch(jobs, bench, lambda index, outcome: _report(
-        *members[index], jobs[index][2], outcome, bench, tracking_attrs, worker, started))
+        jobs[index], outcome, bench, tracking_attrs, worker, started))
 
 
 def _finished(study: optuna.Study, number: int) -> bool:
+    """Whether the study already has trial ``number``'s outcome."""
     storage = study._storage
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
                              ).state.is_finished()
 
 
-def _report(number: int, plan: space.TrialPlan, gate: RungGate | None, outcome: trial_mod.Outcome,
-            bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None, worker: str, started: datetime) -> None:
-    """Report how one member ended to Tune (the searcher tells its Optuna trial) and log its MLflow child run."""
+def _report(job: tuple[space.TrialPlan, int, RungGate | None], outcome: trial_mod.Outcome, bench: trial_mod.Bench,
+            tracking_attrs: Mapping[str, Any] | None, worker: str, started: datetime) -> None:
+    """Report how one member (plan, trial number, gate) ended to Tune (the searcher tells its Optuna trial)
+    and log its MLflow child run."""
+    plan, number, gate = job
     metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)} | {MEMBER: number}
     record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
     if isinstance(outcome, trial_mod.TrialStopped):

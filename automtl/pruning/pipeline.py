@@ -30,10 +30,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from automtl.models import in_mode, task_outputs
 from automtl.pruning.base import PruneContext, get_strategy
 from automtl.pruning.groups import drop_unheard
-from automtl.pruning.shrink import CHECK_SAMPLES
+from automtl.pruning.shrink import CHECK_SAMPLES, compare, outputs
 from automtl.pruning.layers import Layer, effective
 from automtl.train import recalibrate_batchnorm
 
@@ -145,17 +144,19 @@ def apply(model: nn.Module, steps: Sequence[tuple[str, float]], ctx: PruneContex
 @torch.no_grad()
 def _drop_unheard_exactly(model: nn.Module, ctx: PruneContext) -> int:
     """:func:`~automtl.pruning.groups.drop_unheard`, kept only when the outputs on calibration inputs stay
-    the same; a coupling the dependency graph missed restores the masks, with a warning."""
+    as export checks them (:func:`~automtl.pruning.shrink.compare`); a coupling the dependency graph missed
+    restores the masks, with a warning."""
     masks = {name: mask.clone() for name, mask in model.named_buffers() if name.endswith("_mask")}
-    inputs = ctx.calibration.inputs[:CHECK_SAMPLES]
-    with in_mode(model, False):
-        before = task_outputs(model(inputs), ctx.problem.task_names)
-        dropped = drop_unheard(ctx.groups)
-        after = task_outputs(model(inputs), ctx.problem.task_names) if dropped else before
-    if all(torch.allclose(before[t], after[t], rtol=1e-5, atol=1e-6) for t in before):
+    inputs, tasks = ctx.calibration.inputs[:CHECK_SAMPLES], ctx.problem.task_names
+    expected = outputs(model, inputs, tasks)
+    dropped = drop_unheard(ctx.groups)
+    if not dropped or not compare(outputs(model, inputs, tasks), expected)[1]:
         return dropped
     for name, mask in model.named_buffers():
         if name.endswith("_mask"):
-            mask.copy_(masks[name]) if name in masks else mask.fill_(1.0)
+            if name in masks:
+                mask.copy_(masks[name])
+            else:
+                mask.fill_(1.0)
     log.warning("units nothing reads (by the dependency graph) still changed the outputs; they keep their weights")
     return 0
