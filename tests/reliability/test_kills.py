@@ -15,7 +15,7 @@ TRIALS = 30
 def _search(run_dir, resume=False, **faults):
     env = {f"AUTOMTL_FAULT_{k.upper()}": str(v) for k, v in faults.items()}
     args = ["search", SMOKE, "--trials", TRIALS, "--workers", 2, "--run-dir", run_dir, "--json", *FAST,
-            "--set", "fine_tune.epochs=10", "--set", "tracking.enabled=false"]
+            "--set", "fine_tune.epochs=40", "--set", "tracking.enabled=false"]
     return start(*args, *(["--resume"] if resume else []), env=env)
 
 
