@@ -314,6 +314,7 @@ LEVERS = {
     "without the focus region": ["focus=null"],
     "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
     "with 9 fine-tune epochs": ["fine_tune.epochs=9"],  # the previous fidelity: rungs at 1 and 3
+    "with distillation temperature 2": ["distillation.temperature=2"],  # the config's default
 }
 
 
