@@ -139,7 +139,7 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool) -> SearchC
 def _check_model(config: SearchConfig, problem: Problem) -> int:
     """Build the model and refuse, before anything is written, one that cannot be built, run or pruned
     by the configured strategies. Returns its parameter count."""
-    spec = problem.default_model.override(**config.model.overrides())
+    spec = config.model_spec(problem)
     try:
         model = problem.build_model(spec)
         ctx = PruneContext.create(model, problem, calibration_size=8, heads=config.pruning.heads,

@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloa
 
 from automtl.backends import BACKENDS
 from automtl.errors import UserError
-from automtl.models import ARCHITECTURES
+from automtl.models import ARCHITECTURES, ModelSpec
 from automtl.problems import Problem, get_problem
 from automtl.pruning import STRATEGIES
 from automtl.pruning.base import AGGREGATES, HEADS
@@ -469,6 +469,10 @@ class SearchConfig(Strict):
     def build_problem(self) -> Problem:
         """The problem for ``seed``, its Dataset splits loading as ``data`` says."""
         return self.problem.build(self.seed).loading(self.data.batch_size, self.data.num_workers)
+
+    def model_spec(self, problem: Problem) -> ModelSpec:
+        """The model searched on ``problem``: its default model with this config's ``model`` fields."""
+        return problem.default_model.override(**self.model.overrides())
 
     def study_identity(self) -> dict[str, Any]:
         """The fields a resumed study must share with the original (budget and resources may change)."""

@@ -120,7 +120,7 @@ class Bench:
         """Build the problem and load (or train once and cache) the dense model under ``run_dir/dense``."""
         run_dir = Path(run_dir)
         problem = problem or config.build_problem()
-        spec = problem.default_model.override(**config.model.overrides())
+        spec = config.model_spec(problem)
         device = resolve_device(config.backend.device)
         dense = dense_model(problem, spec, config.dense.train(), config.seed, run_dir / "dense",
                             device)
