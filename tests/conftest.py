@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,7 +22,9 @@ TOOL_CACHES = (".venv/", "__pycache__/", ".pytest_cache/", "automtl.egg-info/")
 CHECKOUT = pytest.StashKey[frozenset]()
 settings.register_profile("no-database", database=None)  # hypothesis keeps no example database
 settings.load_profile("no-database")
-set_hypothesis_home_dir(tempfile.mkdtemp(prefix="automtl-hypothesis-"))  # nor its caches in the checkout
+# The session's scratch (hypothesis's caches, the MLflow database), removed when the session ends.
+SCRATCH = Path(tempfile.mkdtemp(prefix="automtl-tests-"))
+set_hypothesis_home_dir(str(SCRATCH / "hypothesis"))  # nor its caches in the checkout
 
 
 def _checkout_state() -> frozenset[str] | None:
@@ -37,11 +40,13 @@ def _checkout_state() -> frozenset[str] | None:
 def pytest_sessionstart(session):
     session.config.stash[CHECKOUT] = _checkout_state()
     # Every search a test starts logs to a database of the session's own, whatever folder it runs in.
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='automtl-mlflow-')}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SCRATCH}/mlflow.db"
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The suite leaves the checkout as it found it: it fails if any file appeared, changed state or went."""
+    """The suite leaves the checkout as it found it: it fails if any file appeared, changed state or went.
+    Its scratch goes (about 30 MB a run)."""
+    shutil.rmtree(SCRATCH, ignore_errors=True)
     before, after = session.config.stash.get(CHECKOUT, None), _checkout_state()
     if before is None or after is None or before == after:
         return

@@ -11,6 +11,7 @@ import torch
 
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
+from tests.fixtures.zoo import search_space
 from tests.test_search import FAST, SMOKE
 from tests.test_tracking import cli
 
@@ -137,39 +138,26 @@ def test_shrink_removes_silent_and_unheard_units_exactly(small_digits):
         torch.testing.assert_close(after[task], before[task])
 
 
-ZOO_SPACE = """
-name: zoo
-seed: 0
-problem: {{name: "zoo:resnet_digits", pythonpath: ["{fixtures}"], options: {{train_pairs: 1500, eval_pairs: 300}}}}
-dense: {{epochs: 3}}
-fine_tune: {{epochs: 1}}
-pruning:
-  strategies:
-    magnitude: {{low: 0.0, high: 0.3}}
-    activation: {{low: 0.0, high: 0.8}}
-    stability: {{low: 0.0, high: 0.6}}
-    entropy: null
-  calibration_size: 256
-loss_weights: {{method: simplex}}
-objectives: [sparsity, accuracy, flops, latency_ms]
-latency: {{batch_size: 64, rounds: 3}}
-sampler: {{name: tpe, startup_trials: 4}}
-tracking: {{enabled: false}}
-trials: 8
-enqueue:
-  - {{order: [activation, magnitude], thresholds: {{activation: 0.5, magnitude: 0.1}}, loss_weights: {{left: 0.5, right: 0.5}}}}
-  - {{order: [stability], thresholds: {{stability: 0.4}}, loss_weights: {{left: 0.5, right: 0.5}}}}
-"""
+ZOO_SPACE = search_space(
+    "resnet_digits", {"train_pairs": 1500, "eval_pairs": 300}, name="zoo", seed=0, dense={"epochs": 3},
+    fine_tune={"epochs": 1},
+    pruning={"strategies": {"magnitude": {"low": 0.0, "high": 0.3}, "activation": {"low": 0.0, "high": 0.8},
+                            "stability": {"low": 0.0, "high": 0.6}, "entropy": None},
+             "calibration_size": 256},
+    loss_weights={"method": "simplex"}, objectives=["sparsity", "accuracy", "flops", "latency_ms"],
+    latency={"batch_size": 64, "rounds": 3}, sampler={"name": "tpe", "startup_trials": 4},
+    tracking={"enabled": False}, trials=8,
+    enqueue=[{"order": ["activation", "magnitude"], "thresholds": {"activation": 0.5, "magnitude": 0.1},
+              "loss_weights": {"left": 0.5, "right": 0.5}},
+             {"order": ["stability"], "thresholds": {"stability": 0.4}, "loss_weights": {"left": 0.5, "right": 0.5}}])
 
 
 @pytest.fixture(scope="module")
 def resnet_search(tmp_path_factory):
     """A smoke search on the user ResNet (BatchNorm, residual add, F.relu, dict heads)."""
-    from tests.test_search import ROOT
-
     cwd = tmp_path_factory.mktemp("resnet")
     space = cwd / "zoo.yaml"
-    space.write_text(ZOO_SPACE.format(fixtures=ROOT / "tests" / "fixtures"))
+    space.write_text(ZOO_SPACE)
     cli(cwd, "search", space, "--run-dir", "runs/zoo", "--json")
     return cwd / "runs" / "zoo"
 

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from automtl import checkpoints
 from automtl.rundir import RunDir
+from tests.fixtures.zoo import search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "search_spaces" / "smoke.yaml"
@@ -214,11 +215,8 @@ def test_an_unreachable_rdb_storage_is_refused_before_anything_is_written(tmp_pa
 
 def test_structured_strategies_on_a_model_they_cannot_prune_are_refused_before_anything_is_written(tmp_path):
     space = tmp_path / "space.yaml"
-    space.write_text(f"""
-problem: {{name: "zoo:layernorm_digits", pythonpath: ["{ROOT / 'tests' / 'fixtures'}"]}}
-pruning: {{strategies: {{activation: null, magnitude: null}}}}
-tracking: {{enabled: false}}
-""")
+    space.write_text(search_space("layernorm_digits", pruning={"strategies": {"activation": None, "magnitude": None}},
+                                  tracking={"enabled": False}))
     result = cli("search", space, "--run-dir", tmp_path / "run", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     message = " ".join(result.stderr.split())

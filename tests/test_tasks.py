@@ -10,7 +10,7 @@ from automtl.metrics import METRICS, mae, mse, mse_value, rmse_value
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
 from automtl.train import Distillation, task_losses
-from tests.test_search import ROOT
+from tests.fixtures.zoo import search_space
 from tests.test_tracking import cli, client
 
 
@@ -69,26 +69,18 @@ def test_distillation_matches_the_teachers_outputs_on_a_regression_task():
     assert blended["left"].item() != pytest.approx(plain["left"].item())
 
 
-SPACE = """
-name: ink
-seed: 0
-problem: {{name: "zoo:ink_digits", pythonpath: ["{fixtures}"], options: {{train_pairs: 1500, eval_pairs: 300}}}}
-dense: {{epochs: 4}}
-fine_tune: {{epochs: 1}}
-pruning:
-  strategies: {{magnitude: {{low: 0.0, high: 0.4}}, activation: {{low: 0.0, high: 0.8}}}}
-  calibration_size: 256
-loss_weights: {{method: simplex}}
-sampler: {{name: tpe, startup_trials: 4}}
-trials: 10
-workers: 2
-"""
+SPACE = search_space(
+    "ink_digits", {"train_pairs": 1500, "eval_pairs": 300}, name="ink", seed=0, dense={"epochs": 4},
+    fine_tune={"epochs": 1},
+    pruning={"strategies": {"magnitude": {"low": 0.0, "high": 0.4}, "activation": {"low": 0.0, "high": 0.8}},
+             "calibration_size": 256},
+    loss_weights={"method": "simplex"}, sampler={"name": "tpe", "startup_trials": 4}, trials=10, workers=2)
 
 
 @pytest.fixture(scope="module")
 def ink_search(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ink")
-    (cwd / "ink.yaml").write_text(SPACE.format(fixtures=ROOT / "tests" / "fixtures"))
+    (cwd / "ink.yaml").write_text(SPACE)
     summary = json.loads(cli(cwd, "search", "ink.yaml", "--run-dir", "runs/ink", "--json").stdout)
     return cwd, summary
 
