@@ -11,7 +11,7 @@ from their cards:
 * CPU latency of a batch of 2,048 in onnxruntime, dense vs exported (and int8)
   (target: speed-up >= half the reduction);
 * the exported model's test accuracy next to the trial's (target: equal within 0.1 pt);
-* ONNX file size next to non-zero parameters x 4 bytes.
+* ONNX and sparse file sizes next to non-zero parameters x 4 bytes.
 
     python benchmarks/export.py [--parts multidigits,resnet] [--trials 60]
 """
@@ -64,7 +64,8 @@ def table(name: str, trials: int, rows: list[tuple[str, dict]]) -> list[str]:
         f"### {name} ({SEARCHES[name][0].name}, {trials} trials)",
         "",
         "| point | trial | sparsity | test acc exported (Δ vs trial) | params dense → exported (non-zero) | "
-        "FLOPs dense → exported | reduction | latency dense → exported (int8) | speed-up | ONNX size / non-zero x 4 B |",
+        "FLOPs dense → exported | reduction | latency dense → exported (int8) | speed-up | "
+        "ONNX / sparse file / non-zero x 4 B |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, card in rows:
@@ -81,7 +82,8 @@ def table(name: str, trials: int, rows: list[tuple[str, dict]]) -> list[str]:
             f"{fl['dense'] / 1e3:,.0f}k → {fl['exported'] / 1e3:,.0f}k | {reduction:.2f}x | "
             f"{lat['dense_onnx']:.3f} → {lat['exported_onnx']:.3f} ({lat['exported_onnx_int8']:.3f}) ms | "
             f"{speedup:.2f}x (≥ {reduction / 2:.2f}) | "
-            f"{files['onnx']['bytes'] / 1024:.0f} KiB / {nonzero_bytes / 1024:.0f} KiB |")
+            f"{files['onnx']['bytes'] / 1024:.0f} / {files['sparse']['bytes'] / 1024:.0f} / "
+            f"{nonzero_bytes / 1024:.0f} KiB |")
     return lines + [""]
 
 
@@ -106,10 +108,12 @@ def main() -> None:
             lines += table(name, args.trials, run_search(name, args.trials, Path(tmp)))
     lines += [
         "ONNX stores the weights that survive structural removal densely, so zeros left inside the remaining "
-        "layers by unstructured strategies still take 4 bytes each: the size is near non-zero x 4 B only where "
-        "the plan's sparsity is mostly structural. The int8 file stores 1 byte a weight. ONNX folds each "
-        "BatchNorm into the convolution before it. onnxruntime's dynamic int8 quantiser turns convolutions into "
-        "ConvInteger, which is several times slower than float on this CPU: int8 pays off for the MLP, not the ResNet.",
+        "layers by unstructured strategies still take 4 bytes each: its size is near non-zero x 4 B only where "
+        "the plan's sparsity is mostly structural. The sparse file (`model.sparse.safetensors`) stores such "
+        "layers as their non-zero values and a bitmap of 1 bit per weight. The int8 ONNX file stores 1 byte a "
+        "weight. ONNX folds each BatchNorm into the convolution before it. onnxruntime's dynamic int8 quantiser "
+        "turns convolutions into ConvInteger, which is several times slower than float on this CPU: int8 pays "
+        "off for the MLP, not the ResNet.",
     ]
     publish("export", lines, f"python benchmarks/export.py --parts {args.parts} --trials {args.trials}", started)
 
