@@ -149,7 +149,8 @@ ZOO_SPACE = search_space(
     tracking={"enabled": False}, trials=8,
     enqueue=[{"order": ["activation", "magnitude"], "thresholds": {"activation": 0.5, "magnitude": 0.1},
               "loss_weights": {"left": 0.5, "right": 0.5}},
-             {"order": ["stability"], "thresholds": {"stability": 0.4}, "loss_weights": {"left": 0.5, "right": 0.5}}])
+             {"order": ["stability"], "thresholds": {"stability": 0.4},
+              "loss_weights": {"left": 0.5, "right": 0.5}}])
 
 
 @pytest.fixture(scope="module")
