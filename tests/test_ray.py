@@ -15,6 +15,7 @@ from automtl.backends import ray as ray_backend
 from automtl.config import load
 from automtl.errors import UserError
 from automtl.rundir import RunDir
+from automtl.trial import AUTO_BATCH, Bench
 from tests.conftest import FIXTURES
 from tests.test_rungs import RUNGS
 from tests.test_search import FAST, SMOKE, _completed
@@ -59,6 +60,16 @@ def test_ray_search_spends_the_budget_with_the_local_result_schema(runs):
         assert (cwd / "runs/ray" / trial.user_attrs["weights"]).exists()
         local_keys = set(RunDir(cwd / "runs/local").load_study().trials[0].user_attrs)
         assert set(trial.user_attrs) == local_keys
+
+
+def test_the_searcher_sizes_gpu_batches_from_the_model_the_study_recorded(runs):
+    cwd, _ = runs
+    searcher = ray_backend.StudySearcher(str(cwd / "runs/ray"))
+    config = searcher._config
+    searcher._config = config.model_copy(update={"backend": config.backend.model_copy(update={"gpus_per_trial": 1})})
+    dense = Bench.prepare(config, cwd / "runs/ray").dense
+    assert searcher._ot_study.user_attrs["total_parameters"] == sum(p.numel() for p in dense.parameters())
+    assert config.trial_batch == "auto" and searcher._batch_size() == AUTO_BATCH  # a small MLP: the cap
 
 
 def test_ray_workers_create_the_mlflow_child_runs_under_the_parent(runs):

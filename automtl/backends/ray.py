@@ -113,11 +113,12 @@ class StudySearcher(OptunaSearch):
         return StudySearcher, (str(self._run.path),)
 
     def _batch_size(self) -> int:
-        """Members per Tune trial: the trials' device is CUDA when each Tune trial gets a GPU."""
+        """Members per Tune trial: the trials' device is CUDA when each Tune trial gets a GPU; the model's
+        size is the one the study recorded when it was created."""
         if self._batch is None:
             config = self._config
-            self._batch = trial_mod.batch_size(config, config.backend.gpus_per_trial > 0, lambda: sum(
-                p.numel() for p in trial_mod.Bench.prepare(config, self._run.path).dense.parameters()))
+            self._batch = trial_mod.batch_size(config, config.backend.gpus_per_trial > 0,
+                                               lambda: self._ot_study.user_attrs["total_parameters"])
         return self._batch
 
     def suggest(self, trial_id: str) -> dict | str | None:

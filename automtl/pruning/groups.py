@@ -148,9 +148,8 @@ def drop_unheard(groups: list[UnitGroup]) -> int:
                 return torch.zeros_like(gone)
         return gone
 
-    dropped = found = sum(g.remove(unheard(g), "dropping unheard units") for g in groups)
-    while found:
-        found = sum(g.remove(unheard(g), "dropping unheard units") for g in groups)
+    dropped = 0
+    while found := sum(g.remove(unheard(g), "dropping unheard units") for g in groups):
         dropped += found
     return dropped
 
