@@ -17,7 +17,7 @@ from automtl.errors import UserError
 from automtl.rundir import RunDir
 from automtl.trial import AUTO_BATCH, Bench
 from tests.conftest import FIXTURES
-from tests.test_rungs import RUNGS
+from tests.test_rungs import RUNGS, leader_then_dominated
 from tests.test_search import FAST, SMOKE, _completed
 from tests.test_search import cli as search_cli
 from tests.test_tracking import cli, study_runs
@@ -106,9 +106,11 @@ def test_failing_trials_on_ray_are_recorded_with_their_reason(tmp_path):
 
 
 def test_rungs_stop_trials_on_ray_workers_and_the_budget_is_exact(tmp_path):
-    # reduction 8: one rung, after 1 of 4 epochs, where every plan dominated by an earlier one stops
+    # reduction 8: one rung, after 1 of 4 epochs, where every plan dominated by an earlier one stops (on 2 slots,
+    # the dominated plans that start after the leader reached the rung)
     search_cli("search", SMOKE, "--trials", 10, "--run-dir", tmp_path / "rungs", "--json", *FAST, *RAY, *RUNGS,
-               "--set", "rungs={min_epochs: 1, reduction: 8}", "--set", "tracking.enabled=false")
+               "--set", "rungs={min_epochs: 1, reduction: 8}", "--set", "tracking.enabled=false",
+               *leader_then_dominated(4))
     study = RunDir(tmp_path / "rungs").load_study()
     states = [t.state for t in study.trials]
     assert len(states) == 10 and set(states) == {TrialState.COMPLETE, TrialState.PRUNED}
@@ -117,20 +119,14 @@ def test_rungs_stop_trials_on_ray_workers_and_the_budget_is_exact(tmp_path):
     assert all(set(t.user_attrs["rungs"]) == {"1"} for t in study.trials if t.state == TrialState.COMPLETE)
 
 
-# Two plans run first, in one batch: the second (random removal, less sparse) is dominated at the rung by the
-# first (Taylor importance).
-LEADER_AND_DOMINATED = ("enqueue=[{order: [taylor], thresholds: {taylor: 0.9}, loss_weights: {left: 1}}, "
-                        "{order: [random], thresholds: {random: 0.8}, loss_weights: {left: 1}}]")
-
-
 def test_a_ray_trial_slot_fine_tunes_a_batch_and_tells_each_member_with_the_budget_exact(tmp_path):
     run_dir = tmp_path / "batched"
     search_cli("search", SMOKE, "--trials", 10, "--trial-batch", 3, "--run-dir", run_dir, "--json", *FAST, *RAY,
                *RUNGS, "--set", "rungs={min_epochs: 1, reduction: 8}", "--set", "tracking.enabled=false",
-               "--set", LEADER_AND_DOMINATED)
+               *leader_then_dominated(1))
     study = RunDir(run_dir).load_study()
     assert len(study.trials) == 10 and {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
-    leader, dominated = study.trials[:2]
+    leader, dominated = study.trials[:2]  # run first, in one batch
     assert leader.state == TrialState.COMPLETE and "weights" in leader.user_attrs
     assert dominated.state == TrialState.PRUNED and dominated.user_attrs["stopped_at"] == 1, "it left its batch"
     batches = [json.loads(p.read_text())[ray_backend.BATCH] for p in (run_dir / "tune").glob("trial-*/params.json")]

@@ -16,10 +16,19 @@ from tests.test_search import FAST, SMOKE, cli, kill_mid_search
 
 MAX, MIN = "maximize", "minimize"
 # Smoke search with rungs at 1 and 2 of 4 epochs (halving), gradual pruning over the first epoch, on the
-# task "left" alone (two objectives: a small non-dominated set, so most plans stop).
+# task "left" alone (two objectives).
 RUNGS = ["--set", "fine_tune.epochs=4", "--set", "rungs={min_epochs: 1, reduction: 2}",
          "--set", "fine_tune.gradual={epochs: 1, steps: 4}", "--set", "fine_tune.schedule=cosine",
          "--set", "problem.options.tasks=[left]"]
+# Taylor importance at 0.9 leads at every rung; random removal at 0.8 (less sparse, less accurate) is dominated
+# there. Sampled plans alone may all lie on one front (sparsity against one task) and none stop.
+LEADER = "{order: [taylor], thresholds: {taylor: 0.9}, loss_weights: {left: 1}}"
+DOMINATED = "{order: [random], thresholds: {random: 0.8}, loss_weights: {left: 1}}"
+
+
+def leader_then_dominated(copies: int) -> list[str]:
+    """Arguments that enqueue LEADER and then ``copies`` of DOMINATED (after any seeded front)."""
+    return ["--set", f"enqueue=[{', '.join([LEADER] + [DOMINATED] * copies)}]"]
 
 
 def test_a_dominated_plan_is_not_promoted():
@@ -91,11 +100,11 @@ def test_rungs_with_two_workers_spend_the_budget_exactly_and_only_full_fidelity_
     run_dir = tmp_path / "rungs"
     cli("search", SMOKE, "--trials", 16, "--workers", 2, "--run-dir", run_dir, "--json", *FAST, *RUNGS,
         "--set", "seed_front=[0.5, 0.9]", "--set", "pruning.strategies.global_magnitude=null",
-        "--set", "focus={min_relative: 0.8}")
+        "--set", "focus={min_relative: 0.8}", *leader_then_dominated(3))
     study = _study(run_dir)
     states = [t.state for t in study.trials]
     assert len(states) == 16 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
-    assert states.count(TrialState.PRUNED) >= 3, "halving at two rungs stops plans (5 of 16 in trial runs)"
+    assert states.count(TrialState.PRUNED) >= 3, "halving at two rungs stops the dominated plans"
     for t in study.trials:
         rungs = t.user_attrs["rungs"]
         if t.state == TrialState.COMPLETE:

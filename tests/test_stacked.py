@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from automtl.config import load
 from automtl.space import TrialPlan
 from automtl.trial import AUTO_BATCH, Bench, TrialFailed, TrialStopped, batch_size, run, run_batch
-from tests.test_rungs import RUNGS, _finished, _study
+from tests.test_rungs import RUNGS, _finished, _study, leader_then_dominated
 from tests.test_search import FAST, SMOKE, cli, kill_mid_search
 
 SETTINGS = ["fine_tune.epochs=2", "fine_tune.batch_size=64", "fine_tune.schedule=cosine",
@@ -126,7 +126,7 @@ def test_a_model_vmap_cannot_run_falls_back_to_one_at_a_time(zoo, tmp_path, capl
 def test_batched_search_with_rungs_and_two_workers_spends_the_budget_exactly(tmp_path):
     run_dir = tmp_path / "batched"
     cli("search", SMOKE, "--trials", 14, "--workers", 2, "--trial-batch", 4, "--run-dir", run_dir, "--json",
-        *FAST, *RUNGS, "--set", "tracking.enabled=false")
+        *FAST, *RUNGS, "--set", "tracking.enabled=false", *leader_then_dominated(2))
     study = _study(run_dir)
     states = [t.state for t in study.trials]
     assert len(states) == 14 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
