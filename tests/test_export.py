@@ -145,7 +145,7 @@ ZOO_SPACE = search_space(
                             "stability": {"low": 0.0, "high": 0.6}, "entropy": None},
              "calibration_size": 256},
     loss_weights={"method": "simplex"}, objectives=["sparsity", "accuracy", "flops", "latency_ms"],
-    latency={"batch_size": 64, "rounds": 3}, sampler={"name": "tpe", "startup_trials": 4},
+    latency={"batch_size": 64, "rounds": 3}, sampler={"name": "tpe", "startup_trials": 8},
     tracking={"enabled": False}, trials=8,
     enqueue=[{"order": ["activation", "magnitude"], "thresholds": {"activation": 0.5, "magnitude": 0.1},
               "loss_weights": {"left": 0.5, "right": 0.5}},

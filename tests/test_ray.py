@@ -24,7 +24,7 @@ from tests.test_tracking import cli, study_runs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TRIALS = 8
-RAY = ["--backend", "ray", "--cpus-per-trial", 1]
+RAY = ["--backend", "ray", "--cpus-per-trial", 1, "--set", "backend.max_concurrent=2"]  # 2 slots on any runner
 
 
 @pytest.fixture(scope="module")

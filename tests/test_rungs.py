@@ -100,7 +100,7 @@ def test_rungs_with_two_workers_spend_the_budget_exactly_and_only_full_fidelity_
     run_dir = tmp_path / "rungs"
     cli("search", SMOKE, "--trials", 16, "--workers", 2, "--run-dir", run_dir, "--json", *FAST, *RUNGS,
         "--set", "seed_front=[0.5, 0.9]", "--set", "pruning.strategies.global_magnitude=null",
-        "--set", "focus={min_relative: 0.8}", *leader_then_dominated(3))
+        "--set", "focus={min_relative: 0.8}", *leader_then_dominated(4))
     study = _study(run_dir)
     states = [t.state for t in study.trials]
     assert len(states) == 16 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
