@@ -20,13 +20,16 @@ import socket
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automtl.objectives import STRUCTURAL, Objective, metric_names, of_attrs, of_study
 from automtl.records import TrialRecord
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +145,18 @@ class Tracker:
             log.warning("MLflow logging failed (%s); tracking is off in this process, trials stay in the study. "
                         "Run `automtl report RUN_DIR --sync-mlflow` later.", exc)
 
-    def _child_runs(self) -> dict[int, str]:
+    def _child_runs(self) -> dict[int, Run]:
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{STUDY_TAG}` = '{self.study_uid}' and tags.`{ROLE}` = 'trial'",
             max_results=50000,
         )
-        return {int(r.data.tags[TRIAL_TAG]): r.info.run_id for r in runs}
+        return {int(r.data.tags[TRIAL_TAG]): r for r in runs}
 
-    def _log_trial(self, trial: FrozenTrial, pareto: bool | None, run_id: str | None) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+    def _log_trial(self, trial: FrozenTrial, pareto: bool | None, run: Run | None) -> None:
+        """Create the trial's child run, or bring an existing one up to date: its tags, and whatever metrics,
+        params and end status it lacks (a process that stopped between creating the run and logging to it)."""
+        from mlflow.entities import Metric, Param, RunStatus, RunTag
 
         record = TrialRecord.from_trial(trial)
         tags = {STUDY_TAG: self.study_uid, ROLE: "trial", TRIAL_TAG: str(trial.number),
@@ -162,19 +167,21 @@ class Tracker:
             tags["stopped_at"] = str(record.stopped_at)
         if pareto is not None:
             tags["pareto"] = str(pareto).lower()
-        if run_id is None:
-            run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}", tags=tags).info.run_id
-            timestamp = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
-            self.client.log_batch(
-                run_id,
-                metrics=[Metric(k, v, timestamp, 0) for k, v in trial_metrics(record, self.metric_names).items()]
-                + [Metric(f"rung.{name}", float(v), timestamp, int(epochs))
-                   for epochs, values in record.rungs.items() for name, v in zip(self.rung_names, values)],
-                params=[Param(k, v) for k, v in trial_params(record).items()],
-            )
-            self.client.set_terminated(run_id, TERMINATED.get(trial.state, "FAILED"))
-        else:
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if run is None:
+            run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number}", tags=tags)
+        timestamp = int((trial.datetime_complete or trial.datetime_start).timestamp() * 1000)
+        logged = run.data.metrics
+        metrics = [Metric(k, v, timestamp, 0) for k, v in trial_metrics(record, self.metric_names).items()
+                   if k not in logged]
+        metrics += [Metric(f"rung.{name}", float(v), timestamp, int(epochs))
+                    for epochs, values in record.rungs.items() for name, v in zip(self.rung_names, values)
+                    if f"rung.{name}" not in logged]
+        params = [Param(k, v) for k, v in trial_params(record).items() if k not in run.data.params]
+        changed = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+        if metrics or params or changed:
+            self.client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=changed)
+        if not RunStatus.is_terminated(RunStatus.from_string(run.info.status)):
+            self.client.set_terminated(run.info.run_id, TERMINATED.get(trial.state, "FAILED"))
 
 
 def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
@@ -247,9 +254,9 @@ def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervo
     existing = tracker._child_runs()
     created = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        run_id = existing.get(trial.number)
-        tracker._log_trial(trial, trial.number in front_numbers, run_id)
-        created += run_id is None
+        run = existing.get(trial.number)
+        tracker._log_trial(trial, trial.number in front_numbers, run)
+        created += run is None
     client, parent = tracker.client, tracker.parent_run_id
     logged = {m.step for m in client.get_metric_history(parent, "hypervolume")}
     new = [Metric("hypervolume", hv, 0, step) for step, hv in hypervolumes if step not in logged]
@@ -276,9 +283,10 @@ def log_exported_model(study: optuna.Study, trial_number: int, out_dir: Path, ex
         raise RuntimeError("the study has no reachable MLflow tracking (run `automtl report --sync-mlflow` first)")
     tracker = Tracker(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
                       attrs["study_uid"])
-    run_id = tracker._child_runs().get(trial_number)
-    if run_id is None:
+    run = tracker._child_runs().get(trial_number)
+    if run is None:
         raise RuntimeError(f"trial {trial_number} has no MLflow run (run `automtl report --sync-mlflow` first)")
+    run_id = run.info.run_id
     onnx_file = out_dir / "model.onnx"
     if not onnx_file.exists():
         tracker.client.log_artifacts(run_id, str(out_dir), "exported")

@@ -109,6 +109,21 @@ def test_deleted_mlflow_database_is_rebuilt_from_the_study(tracked, tmp_path):
     assert len(study_runs(cwd)[2]) == TRIALS
 
 
+def test_a_child_run_left_without_metrics_is_completed_by_the_sync(tracked, tmp_path):
+    # A worker that stopped between creating a trial's child run and logging to it left the run bare.
+    cwd = tmp_path / "bare"
+    shutil.copytree(tracked, cwd)
+    c, _, children = study_runs(cwd)
+    full = children[3]
+    c.delete_run(full.info.run_id)
+    bare = c.create_run(full.info.experiment_id, run_name=full.info.run_name, tags=full.data.tags).info.run_id
+    result = cli(cwd, "report", "runs/smoke", "--sync-mlflow")
+    assert "0 child runs re-created" in " ".join(result.stdout.split())
+    run = study_runs(cwd)[2][3]
+    assert run.info.run_id == bare and run.info.status == full.info.status == "FINISHED"
+    assert run.data.params == full.data.params and run.data.metrics == pytest.approx(full.data.metrics)
+
+
 def test_resumed_search_reattaches_to_its_parent_run(tracked, tmp_path):
     cwd = tmp_path / "resumed"
     shutil.copytree(tracked, cwd)
