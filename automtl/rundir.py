@@ -35,9 +35,11 @@ STUDY = "automtl"  # the study's name in the run directory's own journal
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage (SQLAlchemy URL); a clear error when it cannot be opened."""
+    """An Optuna RDB storage (SQLAlchemy URL); a clear error when it cannot be opened. SQLite waits up to a
+    minute for another worker's write instead of its default 5 s."""
+    engine = {"pool_pre_ping": True} | ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {})
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
     except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad URL: all mean "cannot open"
         raise UserError(f"storage: cannot open the Optuna storage {url!r} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None

@@ -195,9 +195,10 @@ def test_one_worker_search_repeats_exactly_with_the_same_seed(tmp_path):
 def test_a_study_in_an_rdb_storage_works_like_the_journal(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     common = ["--json", *FAST, "--set", f"storage={storage}", "--set", "tracking.enabled=false"]
-    cli("search", SMOKE, "--trials", 3, "--workers", 2, "--run-dir", tmp_path / "a", *common)
-    cli("search", SMOKE, "--trials", 2, "--run-dir", tmp_path / "b", *common)  # a second study in the same database
-    cli("search", SMOKE, "--trials", 5, "--run-dir", tmp_path / "a", "--resume", *common)
+    searches = [cli("search", SMOKE, "--trials", 3, "--workers", 2, "--run-dir", tmp_path / "a", *common),
+                cli("search", SMOKE, "--trials", 2, "--run-dir", tmp_path / "b", *common),  # a second study there
+                cli("search", SMOKE, "--trials", 5, "--run-dir", tmp_path / "a", "--resume", *common)]
+    assert not any("database is locked" in s.stderr for s in searches), "a worker or the progress thread stalled"
     assert not (tmp_path / "a" / "study.journal").exists()
     assert json.loads(cli("status", tmp_path / "a", "--json").stdout)["counts"]["complete"] == 5
     assert json.loads(cli("status", tmp_path / "b", "--json").stdout)["counts"]["complete"] == 2

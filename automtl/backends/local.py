@@ -173,9 +173,11 @@ def run(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        # Fork before the progress thread starts: a child forked while that thread is inside SQLite (an RDB
+        # storage) inherits SQLite's locks in the state that thread left them, and the storage stalls.
+        for child in children:
+            child.start()
         with reporting(run_dir, config.trials, on_progress):
-            for child in children:
-                child.start()
             work(run_dir, 0, deadline, bench)
             for child in children:
                 child.join()
