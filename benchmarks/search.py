@@ -12,7 +12,8 @@
   CUDA, the ResNet space and an export on CUDA, Ray trials per minute with
   ``--gpus-per-trial 0.25`` (four trials share the GPU) vs ``1``;
 * ``batch``: trials per minute at ``trial_batch`` 1, 2, 4, 8, 16 on the CPU, the
-  same replayed plans in every row;
+  same replayed plans in every row, and the fine-tune's arithmetic rate one trial
+  at a time and 8 stacked against a batched matmul;
 * ``baseline``: automtl vs the hand-written peer baseline (``benchmarks/baseline.py``)
   given the same wall-clock, per seed and problem: hypervolume of (sparsity, test
   metric per task) at references 0, 0.5 and 0.8, and the highest sparsity whose
@@ -32,16 +33,19 @@ from pathlib import Path
 
 import moocore
 import numpy as np
+import torch
 import yaml
 from optuna.trial import TrialState
 
 import baseline
 from _report import publish
-from automtl import api, pareto
+from automtl import api, pareto, trial
 from automtl.config import load, read_yaml
+from automtl.measure import flops
 from automtl.objectives import dense_metrics, of_study
 from automtl.records import TrialRecord, records
 from automtl.rundir import RunDir
+from automtl.space import TrialPlan
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 CONFIG = SPACES / "multidigits.yaml"
@@ -273,6 +277,35 @@ BATCH_HEADER = ["| trial_batch | workers | trials finished | trial-loop wall | t
                 "|---:|---:|---:|---:|---:|---:|"]
 
 
+def arithmetic(root: Path, k: int = 8, epochs: int = 2) -> list[str]:
+    """How much there is for batching to win on this CPU: the fine-tune's arithmetic rate one trial at a time
+    and ``k`` stacked, against a batched matmul of the model's shapes (all threads, one process)."""
+    config = load(CONFIG, ["tracking.enabled=false", f"fine_tune.epochs={epochs}"])
+    bench = trial.Bench.prepare(config, root / "arithmetic")
+    weights = {task: 1 / len(bench.task_names) for task in bench.task_names}
+    plans = [TrialPlan(["global_magnitude"], {"global_magnitude": 0.5 + 0.4 * i / k}, "simplex", weights, 0.3,
+                       config.fine_tune.lr.low) for i in range(k)]
+    alone = sum(trial.run(plan, bench, number).fine_tune_seconds for number, plan in enumerate(plans))
+    stacked: dict[int, float] = {}
+    trial.run_batch([(plan, number, None) for number, plan in enumerate(plans)], bench,
+                    lambda index, result: stacked.setdefault(index, result.fine_tune_seconds))
+    # the students' forward and backward passes: 6 x MACs a sample (the distillation teacher not counted)
+    work = 6 * flops(bench.dense, bench.problem.val.sample(1).inputs) * len(bench.problem.train) * epochs * k
+    batch, width = config.fine_tune.batch_size, max(config.model.hidden)
+    a, b = torch.randn(k, batch, width), torch.randn(k, width, width)
+    started, rounds = time.perf_counter(), 300
+    for _ in range(rounds):
+        torch.bmm(a, b)
+    peak = 2 * k * batch * width * width * rounds / (time.perf_counter() - started)
+    rate_alone, rate_stacked = work / alone, work / sum(stacked.values())
+    return [f"Arithmetic rate of the fine-tune ({k} global-magnitude plans, {epochs} epochs, one process with "
+            f"{torch.get_num_threads()} threads; 6 x MACs a sample): one at a time {rate_alone / 1e9:.0f} GFLOP/s, "
+            f"{k} stacked {rate_stacked / 1e9:.0f} GFLOP/s (**{rate_stacked / rate_alone:.2f}x**), against "
+            f"{peak / 1e9:.0f} GFLOP/s for a batched matmul of the widest layer ({k} x {batch} x {width} x {width}). "
+            "Stacking lets one process keep both cores busy on small layers; two workers fine-tuning one "
+            "trial each with a thread each (the rows with 2 workers) already do, so batching adds little there."]
+
+
 def batch_part(root: Path, args: argparse.Namespace) -> None:
     """Trial batching on this machine's CPU: section ``search-batch``."""
     started, n = time.perf_counter(), args.speed_trials
@@ -282,7 +315,7 @@ def batch_part(root: Path, args: argparse.Namespace) -> None:
         "## Trial batching on the CPU (`benchmarks/search.py --parts batch`)", "",
         f"multidigits.yaml, {n} plans replayed in every row (no rungs: each plan runs the full fine-tune), "
         "MLflow off; with 2 workers each has one thread, one worker has them all:", "",
-        *BATCH_HEADER, *rows,
+        *BATCH_HEADER, *rows, "", *arithmetic(root),
     ]
     publish("search-batch", lines, f"python benchmarks/search.py --parts batch --speed-trials {n}", started)
 
