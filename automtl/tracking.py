@@ -39,6 +39,9 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Fail fast instead of MLflow's multi-minute retry schedule when a server is down.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# A database store keeps no pooled connections: forked workers reuse the calling process's cached store, and
+# would otherwise share its open SQLite connections.
+os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
 
 
 def _client(uri: str | None):
