@@ -95,9 +95,10 @@ AUTO_BATCH, AUTO_BATCH_PARAMETERS = 16, 50_000_000
 
 
 def batch_size(config: SearchConfig, cuda: bool, parameters: Callable[[], int]) -> int:
-    """Trials fine-tuned together: the config's ``trial_batch``, or for ``auto`` 1 on the CPU (a small network
-    trains compute-bound there, so a batch is no faster: docs/BENCHMARKS.md) and on CUDA as many as keep the
-    stack within ``AUTO_BATCH_PARAMETERS`` parameters (``parameters()``: one model's), at most ``AUTO_BATCH``."""
+    """Trials fine-tuned together: the config's ``trial_batch``, or for ``auto`` 1 on the CPU (workers with
+    a thread each already keep the cores busy, so a batch is no faster: docs/BENCHMARKS.md) and on CUDA as
+    many as keep the stack within ``AUTO_BATCH_PARAMETERS`` parameters (``parameters()``: one model's), at
+    most ``AUTO_BATCH``."""
     if config.trial_batch != "auto":
         return config.trial_batch
     return max(1, min(AUTO_BATCH, AUTO_BATCH_PARAMETERS // parameters())) if cuda else 1
