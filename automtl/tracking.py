@@ -142,16 +142,18 @@ class Tracker:
         if self.broken:
             return
         try:
-            self._log_trial(trial, pareto, self._child_runs().get(trial.number))
+            self._log_trial(trial, pareto, self._child_runs(trial.number).get(trial.number))
         except Exception as exc:  # noqa: BLE001 - tracking must never stop a search
             self.broken = True
             log.warning("MLflow logging failed (%s); tracking is off in this process, trials stay in the study. "
                         "Run `automtl report RUN_DIR --sync-mlflow` later.", exc)
 
-    def _child_runs(self) -> dict[int, Run]:
+    def _child_runs(self, number: int | None = None) -> dict[int, Run]:
+        """The study's child runs by trial number (only trial ``number``'s when given)."""
+        only = f" and tags.`{TRIAL_TAG}` = '{number}'" if number is not None else ""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{STUDY_TAG}` = '{self.study_uid}' and tags.`{ROLE}` = 'trial'",
+            filter_string=f"tags.`{STUDY_TAG}` = '{self.study_uid}' and tags.`{ROLE}` = 'trial'{only}",
             max_results=50000,
         )
         return {int(r.data.tags[TRIAL_TAG]): r for r in runs}
@@ -286,7 +288,7 @@ def log_exported_model(study: optuna.Study, trial_number: int, out_dir: Path, ex
         raise RuntimeError("the study has no reachable MLflow tracking (run `automtl report --sync-mlflow` first)")
     tracker = Tracker(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
                       attrs["study_uid"])
-    run = tracker._child_runs().get(trial_number)
+    run = tracker._child_runs(trial_number).get(trial_number)
     if run is None:
         raise RuntimeError(f"trial {trial_number} has no MLflow run (run `automtl report --sync-mlflow` first)")
     run_id = run.info.run_id
