@@ -11,8 +11,9 @@ its own hooks (gradual masks, rung judges) read and write the live values;
 a member whose ``after_epoch`` says stop leaves the stack at once with its own
 copies, and the rest go on without it.
 
-All members read the same batches (one data order, seeded by ``seed``), and the
-distillation teacher runs once per batch for all of them. A member's result is
+All members read the same batches (one data order, seeded by ``seed``), and share
+the distillation teacher's soft targets (carried by the batch, or computed once
+per batch for all of them). A member's result is
 the one :func:`automtl.train.fit` gives it alone with the same data order,
 within float tolerance: each member's own parameters are what Adam steps
 (one parameter group per member, as :func:`~automtl.train.fit` has one), their
@@ -34,7 +35,7 @@ from torch.func import functional_call, vmap
 
 from automtl.models import task_outputs
 from automtl.problems.base import Problem
-from automtl.train import TrainConfig, adam, blend_distillation, schedule
+from automtl.train import Distillation, TrainConfig, adam, blend_distillation, schedule
 from automtl.weighting import Weighting
 
 MASKED = "_orig"  # torch.nn.utils.prune keeps a pruned ``name`` as ``name_orig`` * buffer ``name_mask``
@@ -59,14 +60,15 @@ class NotStackable(Exception):
 
 
 def fit_together(members: list[Member], architecture: nn.Module, problem: Problem, config: TrainConfig,
-                 seed: int, teacher: nn.Module | None = None, temperature: float = 2.0) -> None:
+                 seed: int, distill: Distillation | None = None) -> None:
     """Fine-tune every member in place on ``problem.train`` for ``config.epochs`` epochs (each at its own
-    ``lr``), until its ``after_epoch`` returns False.
+    ``lr``), until its ``after_epoch`` returns False. ``distill``: the teacher, temperature and training
+    split to distil with (its ``weight`` unused: each member has its own ``distillation``).
 
     ``architecture`` is any module of the members' architecture without masks (only its forward code is
     used). Raises :class:`NotStackable` if the first batch cannot run vectorised.
     """
-    stack = _Stack(members, copy.deepcopy(architecture).train(), problem, teacher, temperature)
+    stack = _Stack(members, copy.deepcopy(architecture).train(), problem, distill)
     for m in members:
         m.weighting.bind(m.model)
     # One group per member, as fit has for one model; a member that left has no gradients, so Adam skips it.
@@ -74,14 +76,16 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                      config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
     generator, step = torch.Generator().manual_seed(seed), 0
-    if teacher is not None:
-        teacher.eval()
+    train = problem.train
+    if distill is not None:
+        distill.teacher.eval()
+        train = distill.train if distill.train is not None else train
     try:
         for epoch in range(config.epochs):
             for m in stack.members:
                 m.model.train()
             sums, batches, started = None, 0, time.perf_counter()
-            for inputs, targets in problem.train.batches(config.batch_size, generator):
+            for inputs, targets in train.batches(config.batch_size, generator):
                 for m in stack.members:
                     if m.before_step is not None:
                         m.before_step(step)
@@ -110,9 +114,9 @@ class _Stack:
     """The members' tensors stacked row by row, and the vectorised loss."""
 
     def __init__(self, members: list[Member], architecture: nn.Module, problem: Problem,
-                 teacher: nn.Module | None, temperature: float):
-        self.members, self.problem = list(members), problem
-        self.teacher, self.temperature = teacher, temperature
+                 distill: Distillation | None):
+        self.members, self.problem, self.distill = list(members), problem, distill
+        temperature = distill.temperature if distill is not None else 0.0
         _align_masks(members)
         first = members[0].model
         self.param_names = [name for name, _ in first.named_parameters()]
@@ -125,11 +129,11 @@ class _Stack:
         self.read_buffers = [n for n in self.buffer_names if n not in set(self.masks.values())]
         self._point()
 
-        def member_losses(params, buffers, distillation, inputs, targets, teacher_outputs):
+        def member_losses(params, buffers, distillation, inputs, targets, soft):
             outputs = task_outputs(functional_call(architecture, (params, buffers), (inputs,)), problem.task_names)
             losses = {t.name: t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks}
-            if teacher_outputs is not None:
-                losses = blend_distillation(problem, losses, outputs, teacher_outputs, distillation, temperature)
+            if soft is not None:
+                losses = blend_distillation(problem, losses, outputs, soft, distillation, temperature)
             return torch.stack([losses[name] for name in problem.task_names])
 
         self.vectorised = vmap(member_losses, in_dims=(0, 0, 0, None, None, None), randomness="different")
@@ -140,7 +144,7 @@ class _Stack:
         self.owned = {n: [m.model.get_parameter(n) for m in self.members] for n in self.param_names}
         self.distillations = torch.tensor([m.distillation for m in self.members],
                                           device=next(iter(self.params.values())).device)
-        self.distilling = self.teacher is not None and any(m.distillation > 0 for m in self.members)
+        self.distilling = self.distill is not None and any(m.distillation > 0 for m in self.members)
         for row, member in enumerate(self.members):
             for name in self.param_names:
                 self.owned[name][row].data = self.params[name].data[row]
@@ -154,12 +158,9 @@ class _Stack:
             mask = self.masks.get(name)
             params[name[: -len(MASKED)] if mask else name] = stacked * self.buffers[mask] if mask else stacked
         buffers = {name: self.buffers[name] for name in self.read_buffers}
-        teacher_outputs = None
-        if self.distilling:
-            with torch.no_grad():
-                teacher_outputs = task_outputs(self.teacher(inputs), self.problem.task_names)
+        soft = self.distill.soft_targets(self.problem, inputs, targets) if self.distilling else None
         try:
-            return self.vectorised(params, buffers, self.distillations, inputs, targets, teacher_outputs)
+            return self.vectorised(params, buffers, self.distillations, inputs, targets, soft)
         except (RuntimeError, NotImplementedError, TypeError) as exc:
             if not first:
                 raise

@@ -35,7 +35,7 @@ from automtl.records import TrialResult
 from automtl.space import TrialPlan
 from automtl.rungs import judged_objectives
 from automtl.train import (Distillation, batches_per_epoch, dense_model, evaluate, fit, predict,
-                           recalibrate_batchnorm)
+                           recalibrate_batchnorm, with_soft_targets)
 from automtl.weighting import Weighting, make_weighting
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,16 @@ class Bench:
         if device not in self._placed:
             self._placed[device] = (self.problem.to(device), copy.deepcopy(self.dense).to(device))
         return self._placed[device]
+
+    def distillation(self, device: torch.device, weight: float) -> Distillation:
+        """Distillation from the dense model with ``weight``: the teacher's soft targets over the training
+        split computed once per device (:func:`automtl.train.with_soft_targets`), read by every trial."""
+        problem, dense = self.on(device)
+        key = (device, "soft targets")
+        if key not in self._placed:
+            self._placed[key] = with_soft_targets(problem, dense, self.config.distillation.temperature,
+                                                  self.config.data.batch_size)
+        return Distillation(dense, weight, self.config.distillation.temperature, self._placed[key])
 
     def __getstate__(self) -> dict:
         """The CPU copies only (Ray's object store, spawn); a problem with Dataset splits goes without its
@@ -272,8 +282,9 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     the masks gradually if configured); raise TrialStopped when a rung stops it. Every trial of a study
     reads the training data in the same order (seeded by the study's seed), as a batch of them does."""
     config, plan = bench.config, trial.plan
-    problem, dense = bench.on(resolve_device(config.backend.device))
-    distill = Distillation(dense, plan.distillation, config.distillation.temperature) if plan.distillation > 0 else None
+    device = resolve_device(config.backend.device)
+    problem, _ = bench.on(device)
+    distill = bench.distillation(device, plan.distillation) if plan.distillation > 0 else None
     started = time.perf_counter()
     history = fit(trial.model, problem, config.fine_tune.train(plan.lr), config.seed, trial.weighting, distill,
                   before_step=trial.closing, after_epoch=trial.judge)
@@ -283,7 +294,8 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
 def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callable[[int, Outcome], None]) -> None:
     """Fine-tune ``trials`` in one vectorised pass; one that diverges or stops is reported as it leaves."""
     config = bench.config
-    problem, dense = bench.on(resolve_device(config.backend.device))
+    device = resolve_device(config.backend.device)
+    problem, dense = bench.on(device)
 
     def leaving(index: int, trial: _Pruned, member: stacked.Member) -> Callable[[int], bool]:
         def after_epoch(epochs: int) -> bool:
@@ -303,8 +315,8 @@ def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callab
                                 trial.plan.distillation, trial.closing)
         member.after_epoch = leaving(index, trial, member)
         members[index] = member
-    stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.train(), config.seed, dense,
-                         config.distillation.temperature)
+    stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.train(), config.seed,
+                         bench.distillation(device, 0.0))
     for index, trial in trials.items():
         trial.fine_tune_seconds = members[index].seconds  # its share: a batch's time counts once
 

@@ -9,7 +9,7 @@ from automtl import Task, get_problem
 from automtl.metrics import METRICS, mae, mse, mse_value, rmse_value
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
-from automtl.train import Distillation, task_losses
+from automtl.train import Distillation, task_losses, with_soft_targets
 from tests.fixtures.zoo import search_space
 from tests.test_tracking import cli, client
 
@@ -68,6 +68,26 @@ def test_distillation_matches_the_teachers_outputs_on_a_regression_task():
     assert blended["sum"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert blended["left"].item() != pytest.approx(plain["left"].item())
 
+
+
+class Absent(torch.nn.Module):
+    def forward(self, inputs):
+        raise AssertionError("the teacher ran although the batch carries its soft targets")
+
+
+def test_soft_targets_computed_once_give_the_losses_of_the_teacher_run_on_every_batch():
+    problem = get_problem("multidigits", train_pairs=50, eval_pairs=20, tasks=["left", "sum"])
+    torch.manual_seed(0)
+    student, teacher = problem.build_model(), problem.build_model()
+    carrying = with_soft_targets(problem, teacher, temperature=4.0)
+    pairs = zip(problem.train.batches(16, torch.Generator().manual_seed(1)),
+                carrying.batches(16, torch.Generator().manual_seed(1)))
+    for (inputs, targets), (same_inputs, carried) in pairs:
+        assert torch.equal(inputs, same_inputs)
+        live = task_losses(student, problem, inputs, targets, Distillation(teacher, 0.5, 4.0))
+        cached = task_losses(student, problem, inputs, carried, Distillation(Absent(), 0.5, 4.0, carrying))
+        for task in problem.task_names:
+            assert cached[task].item() == pytest.approx(live[task].item(), rel=1e-5)
 
 SPACE = search_space(
     "ink_digits", {"train_pairs": 1500, "eval_pairs": 300}, name="ink", seed=0, dense={"epochs": 4},
