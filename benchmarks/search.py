@@ -344,6 +344,7 @@ def quality(points: list[tuple[float, dict[str, float]]], dense: dict[str, float
 LEVERS = {
     "without rungs": ["rungs=null"],
     "without the seeded front": ["seed_front=[]"],
+    "without the enqueued plans": ["enqueue=[]"],  # the global magnitude -> Taylor family
     "without the focus region": ["focus=null"],
     "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
     "with 9 fine-tune epochs": ["fine_tune.epochs=9"],  # the previous fidelity: rungs at 1 and 3
