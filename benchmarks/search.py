@@ -303,7 +303,7 @@ def arithmetic(root: Path, k: int = 8, epochs: int = 2) -> list[str]:
             f"{k} stacked {rate_stacked / 1e9:.0f} GFLOP/s (**{rate_stacked / rate_alone:.2f}x**), against "
             f"{peak / 1e9:.0f} GFLOP/s for a batched matmul of the widest layer ({k} x {batch} x {width} x {width}). "
             "Stacking lets one process keep both cores busy on small layers; two workers fine-tuning one "
-            "trial each with a thread each (the rows with 2 workers) already do, so batching adds little there."]
+            "trial each with a thread each (the rows with 2 workers) already do, so a batch does not pay there."]
 
 
 def batch_part(root: Path, args: argparse.Namespace) -> None:
