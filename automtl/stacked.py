@@ -35,7 +35,7 @@ from torch.func import functional_call, vmap
 
 from automtl.models import task_outputs
 from automtl.problems.base import Problem
-from automtl.train import Distillation, TrainConfig, adam, blend_distillation, schedule
+from automtl.train import Distillation, TrainConfig, adam, blend_distillation, schedule, training_split
 from automtl.weighting import Weighting
 
 MASKED = "_orig"  # torch.nn.utils.prune keeps a pruned ``name`` as ``name_orig`` * buffer ``name_mask``
@@ -76,10 +76,9 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                      config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
     generator, step = torch.Generator().manual_seed(seed), 0
-    train = problem.train
     if distill is not None:
         distill.teacher.eval()
-        train = distill.train if distill.train is not None else train
+    train = training_split(problem, distill)
     try:
         for epoch in range(config.epochs):
             for m in stack.members:

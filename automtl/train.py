@@ -5,9 +5,9 @@
 strategy removed stay exactly zero while the network fine-tunes. With a
 ``teacher``, each task's loss blends in knowledge distillation from the
 teacher's softened outputs (computed once over an in-memory training split by
-:func:`with_soft_targets`, else per batch). Models with BatchNorm have their running statistics
-recalibrated (:func:`recalibrate_batchnorm`) whenever masks or fine-tuning
-changed the weights they were estimated for.
+:func:`with_soft_targets`, else per batch). Models with BatchNorm have their
+running statistics recalibrated (:func:`recalibrate_batchnorm`) whenever masks
+or fine-tuning changed the weights they were estimated for.
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ def with_soft_targets(problem: Problem, teacher: nn.Module, temperature: float, 
     return Split(train.inputs, {**train.targets, **extra})
 
 
+def training_split(problem: Problem, distill: Distillation | None) -> Data:
+    """What a fine-tune reads: the training split carrying the teacher's soft targets when ``distill`` has
+    one, else ``problem.train``."""
+    return distill.train if distill is not None and distill.train is not None else problem.train
+
+
 def task_losses(
     model: nn.Module, problem: Problem, inputs: Tensor, targets: Mapping[str, Tensor],
     distill: Distillation | None = None,
@@ -171,7 +177,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
     if distill is not None:
         distill.teacher.eval()
-    train = distill.train if distill is not None and distill.train is not None else problem.train
+    train = training_split(problem, distill)
     history, step = [], 0
     for epoch in range(config.epochs):
         model.train()
