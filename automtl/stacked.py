@@ -35,7 +35,7 @@ from torch.func import functional_call, vmap
 
 from automtl.models import task_outputs
 from automtl.problems.base import Problem
-from automtl.train import Distillation, TrainConfig, adam, blend_distillation, schedule, training_split
+from automtl.train import Teacher, TrainConfig, adam, blend_distillation, schedule, training_split
 from automtl.weighting import Weighting
 
 MASKED = "_orig"  # torch.nn.utils.prune keeps a pruned ``name`` as ``name_orig`` * buffer ``name_mask``
@@ -60,15 +60,15 @@ class NotStackable(Exception):
 
 
 def fit_together(members: list[Member], architecture: nn.Module, problem: Problem, config: TrainConfig,
-                 seed: int, distill: Distillation | None = None) -> None:
+                 seed: int, teacher: Teacher | None = None) -> None:
     """Fine-tune every member in place on ``problem.train`` for ``config.epochs`` epochs (each at its own
-    ``lr``), until its ``after_epoch`` returns False. ``distill``: the teacher, temperature and training
-    split to distil with (its ``weight`` unused: each member has its own ``distillation``).
+    ``lr``), until its ``after_epoch`` returns False. ``teacher``: what the members distil from, each with
+    its own ``distillation`` weight.
 
     ``architecture`` is any module of the members' architecture without masks (only its forward code is
     used). Raises :class:`NotStackable` if the first batch cannot run vectorised.
     """
-    stack = _Stack(members, copy.deepcopy(architecture).train(), problem, distill)
+    stack = _Stack(members, copy.deepcopy(architecture).train(), problem, teacher)
     for m in members:
         m.weighting.bind(m.model)
     # One group per member, as fit has for one model; a member that left has no gradients, so Adam skips it.
@@ -76,9 +76,7 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                      config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
     generator, step = torch.Generator().manual_seed(seed), 0
-    if distill is not None:
-        distill.teacher.eval()
-    train = training_split(problem, distill)
+    train = training_split(problem, teacher)
     try:
         for epoch in range(config.epochs):
             for m in stack.members:
@@ -113,9 +111,9 @@ class _Stack:
     """The members' tensors stacked row by row, and the vectorised loss."""
 
     def __init__(self, members: list[Member], architecture: nn.Module, problem: Problem,
-                 distill: Distillation | None):
-        self.members, self.problem, self.distill = list(members), problem, distill
-        temperature = distill.temperature if distill is not None else 0.0
+                 teacher: Teacher | None):
+        self.members, self.problem, self.teacher = list(members), problem, teacher
+        temperature = teacher.temperature if teacher is not None else 0.0
         _align_masks(members)
         first = members[0].model
         self.param_names = [name for name, _ in first.named_parameters()]
@@ -143,7 +141,7 @@ class _Stack:
         self.owned = {n: [m.model.get_parameter(n) for m in self.members] for n in self.param_names}
         self.distillations = torch.tensor([m.distillation for m in self.members],
                                           device=next(iter(self.params.values())).device)
-        self.distilling = self.distill is not None and any(m.distillation > 0 for m in self.members)
+        self.distilling = self.teacher is not None and any(m.distillation > 0 for m in self.members)
         for row, member in enumerate(self.members):
             for name in self.param_names:
                 self.owned[name][row].data = self.params[name].data[row]
@@ -157,7 +155,7 @@ class _Stack:
             mask = self.masks.get(name)
             params[name[: -len(MASKED)] if mask else name] = stacked * self.buffers[mask] if mask else stacked
         buffers = {name: self.buffers[name] for name in self.read_buffers}
-        soft = self.distill.soft_targets(self.problem, inputs, targets) if self.distilling else None
+        soft = self.teacher.soft_targets(self.problem, inputs, targets) if self.distilling else None
         try:
             return self.vectorised(params, buffers, self.distillations, inputs, targets, soft)
         except (RuntimeError, NotImplementedError, TypeError) as exc:

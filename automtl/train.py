@@ -58,23 +58,32 @@ TEACHER = "teacher:"
 
 
 @dataclass(frozen=True)
-class Distillation:
-    """Knowledge distillation from a ``teacher``: ``weight`` in [0, 1] of the blended loss. Classification
-    tasks match the teacher's class distribution softened by ``temperature`` (KL); regression tasks its
-    outputs (MSE). ``train``: the training split carrying the teacher's soft targets
-    (:func:`with_soft_targets`), read instead of running the teacher on every batch."""
+class Teacher:
+    """The model distilled from, put in eval mode. Classification tasks match its class distribution
+    softened by ``temperature`` (KL); regression tasks its outputs (MSE). ``train``: the training split
+    carrying its soft targets (:func:`with_soft_targets`), read instead of running it on every batch."""
 
-    teacher: nn.Module
-    weight: float = 0.5
+    model: nn.Module
     temperature: float = 2.0
     train: Data | None = None
+
+    def __post_init__(self) -> None:
+        self.model.eval()
 
     def soft_targets(self, problem: Problem, inputs: Tensor, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each task's soft target on one batch: carried by the batch, else the teacher's computed now."""
         if TEACHER + problem.task_names[0] in targets:
             return {name: targets[TEACHER + name] for name in problem.task_names}
         with torch.no_grad():
-            return soft_targets(problem, task_outputs(self.teacher(inputs), problem.task_names), self.temperature)
+            return soft_targets(problem, task_outputs(self.model(inputs), problem.task_names), self.temperature)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from ``teacher``: ``weight`` in [0, 1] of the blended loss."""
+
+    teacher: Teacher
+    weight: float = 0.5
 
 
 def soft_targets(problem: Problem, teacher_outputs: Mapping[str, Tensor], temperature: float) -> dict[str, Tensor]:
@@ -97,10 +106,10 @@ def with_soft_targets(problem: Problem, teacher: nn.Module, temperature: float, 
     return Split(train.inputs, {**train.targets, **extra})
 
 
-def training_split(problem: Problem, distill: Distillation | None) -> Data:
-    """What a fine-tune reads: the training split carrying the teacher's soft targets when ``distill`` has
-    one, else ``problem.train``."""
-    return distill.train if distill is not None and distill.train is not None else problem.train
+def training_split(problem: Problem, teacher: Teacher | None) -> Data:
+    """What a fine-tune reads: the training split carrying the ``teacher``'s soft targets when it has one,
+    else ``problem.train``."""
+    return teacher.train if teacher is not None and teacher.train is not None else problem.train
 
 
 def task_losses(
@@ -112,8 +121,8 @@ def task_losses(
     losses = {t.name: t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks}
     if distill is None or distill.weight == 0:
         return losses
-    soft = distill.soft_targets(problem, inputs, targets)
-    return blend_distillation(problem, losses, outputs, soft, distill.weight, distill.temperature)
+    soft = distill.teacher.soft_targets(problem, inputs, targets)
+    return blend_distillation(problem, losses, outputs, soft, distill.weight, distill.teacher.temperature)
 
 
 def blend_distillation(problem: Problem, losses: Mapping[str, Tensor], outputs: Mapping[str, Tensor],
@@ -175,9 +184,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     optimizer = adam([{"params": [*model.parameters(), *weighting.parameters()], "lr": config.lr}], config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
-    if distill is not None:
-        distill.teacher.eval()
-    train = training_split(problem, distill)
+    train = training_split(problem, distill.teacher if distill is not None else None)
     history, step = [], 0
     for epoch in range(config.epochs):
         model.train()

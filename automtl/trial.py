@@ -34,7 +34,7 @@ from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
 from automtl.records import TrialResult
 from automtl.space import TrialPlan
 from automtl.rungs import judged_objectives
-from automtl.train import (Distillation, batches_per_epoch, dense_model, evaluate, fit, predict,
+from automtl.train import (Distillation, Teacher, batches_per_epoch, dense_model, evaluate, fit, predict,
                            recalibrate_batchnorm, with_soft_targets)
 from automtl.weighting import Weighting, make_weighting
 
@@ -115,6 +115,7 @@ class Bench:
     run_dir: Path
     dense_seconds: float = 0.0
     _placed: dict = field(default_factory=dict, repr=False)
+    _teachers: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def prepare(cls, config: SearchConfig, run_dir: str | Path, problem: Problem | None = None) -> "Bench":
@@ -143,20 +144,21 @@ class Bench:
             self._placed[device] = (self.problem.to(device), copy.deepcopy(self.dense).to(device))
         return self._placed[device]
 
-    def distillation(self, device: torch.device, weight: float) -> Distillation:
-        """Distillation from the dense model with ``weight``: the teacher's soft targets over the training
-        split computed once per device (:func:`automtl.train.with_soft_targets`), read by every trial."""
-        problem, dense = self.on(device)
-        key = (device, "soft targets")
-        if key not in self._placed:
-            self._placed[key] = with_soft_targets(problem, dense, self.config.distillation.temperature,
-                                                  self.config.data.batch_size)
-        return Distillation(dense, weight, self.config.distillation.temperature, self._placed[key])
+    def teacher(self, device: torch.device) -> Teacher:
+        """The dense model as the trials' teacher on ``device``: its soft targets over the training split
+        computed once (:func:`automtl.train.with_soft_targets`), read by every trial."""
+        if device not in self._teachers:
+            problem, dense = self.on(device)
+            temperature = self.config.distillation.temperature
+            self._teachers[device] = Teacher(dense, temperature, with_soft_targets(
+                problem, dense, temperature, self.config.data.batch_size))
+        return self._teachers[device]
 
     def __getstate__(self) -> dict:
         """The CPU copies only (Ray's object store, spawn); a problem with Dataset splits goes without its
         data and is rebuilt from the config where it is unpickled (its factory builds the Datasets)."""
-        return {**self.__dict__, "_placed": {}, "problem": self.problem if self.problem.in_memory else None}
+        return {**self.__dict__, "_placed": {}, "_teachers": {},
+                "problem": self.problem if self.problem.in_memory else None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, problem=state["problem"] or _rebuilt(state["config"].model_dump_json()))
@@ -284,7 +286,7 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     config, plan = bench.config, trial.plan
     device = resolve_device(config.backend.device)
     problem, _ = bench.on(device)
-    distill = bench.distillation(device, plan.distillation) if plan.distillation > 0 else None
+    distill = Distillation(bench.teacher(device), plan.distillation) if plan.distillation > 0 else None
     started = time.perf_counter()
     history = fit(trial.model, problem, config.fine_tune.train(plan.lr), config.seed, trial.weighting, distill,
                   before_step=trial.closing, after_epoch=trial.judge)
@@ -316,7 +318,7 @@ def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callab
         member.after_epoch = leaving(index, trial, member)
         members[index] = member
     stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.train(), config.seed,
-                         bench.distillation(device, 0.0))
+                         bench.teacher(device))
     for index, trial in trials.items():
         trial.fine_tune_seconds = members[index].seconds  # its share: a batch's time counts once
 

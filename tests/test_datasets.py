@@ -14,7 +14,7 @@ from automtl.problems import ProblemError
 from automtl.pruning import PruneContext, apply
 from automtl.rundir import RunDir
 from automtl.space import TrialPlan
-from automtl.train import Distillation, TrainConfig, evaluate, fit, with_soft_targets
+from automtl.train import Distillation, Teacher, TrainConfig, evaluate, fit, with_soft_targets
 from automtl.trial import Bench
 from tests.conftest import FIXTURES
 from tests.test_ray import RAY
@@ -103,7 +103,7 @@ def test_distilling_from_a_dataset_runs_the_teacher_per_batch_and_trains_as_tens
         torch.manual_seed(1)
         student = problem.build_model(SPEC)
         fit(student, problem, TrainConfig(epochs=1, batch_size=64), seed=0,
-            distill=Distillation(teacher, 0.5, 4.0, carrying))
+            distill=Distillation(Teacher(teacher, 4.0, carrying), 0.5))
         states.append(student.state_dict())
     assert all(torch.allclose(states[0][k], states[1][k], atol=1e-5) for k in states[0])
 

@@ -9,7 +9,7 @@ from automtl import Task, get_problem
 from automtl.metrics import METRICS, mae, mse, mse_value, rmse_value
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
-from automtl.train import Distillation, task_losses, with_soft_targets
+from automtl.train import Distillation, Teacher, task_losses, with_soft_targets
 from tests.fixtures.zoo import search_space
 from tests.test_tracking import cli, client
 
@@ -62,7 +62,7 @@ def test_distillation_matches_the_teachers_outputs_on_a_regression_task():
     student, teacher = problem.build_model(), problem.build_model()
     inputs, targets = next(problem.train.batches(16))
     plain = task_losses(student, problem, inputs, targets)
-    blended = task_losses(student, problem, inputs, targets, Distillation(teacher, weight=1.0))
+    blended = task_losses(student, problem, inputs, targets, Distillation(Teacher(teacher), weight=1.0))
     with torch.no_grad():
         expected = torch.nn.functional.mse_loss(student(inputs)["sum"], teacher(inputs)["sum"])
     assert blended["sum"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -84,8 +84,8 @@ def test_soft_targets_computed_once_give_the_losses_of_the_teacher_run_on_every_
                 carrying.batches(16, torch.Generator().manual_seed(1)))
     for (inputs, targets), (same_inputs, carried) in pairs:
         assert torch.equal(inputs, same_inputs)
-        live = task_losses(student, problem, inputs, targets, Distillation(teacher, 0.5, 4.0))
-        cached = task_losses(student, problem, inputs, carried, Distillation(Absent(), 0.5, 4.0, carrying))
+        live = task_losses(student, problem, inputs, targets, Distillation(Teacher(teacher, 4.0), 0.5))
+        cached = task_losses(student, problem, inputs, carried, Distillation(Teacher(Absent(), 4.0, carrying), 0.5))
         for task in problem.task_names:
             assert cached[task].item() == pytest.approx(live[task].item(), rel=1e-5)
 

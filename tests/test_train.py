@@ -6,7 +6,7 @@ from torch.nn.utils import prune
 
 from automtl import ModelSpec, TrainConfig, evaluate, get_problem
 import automtl.train as train_mod
-from automtl.train import Distillation, dense_model, fit
+from automtl.train import Distillation, Teacher, dense_model, fit
 
 SPEC = ModelSpec("mlp", (64, 32))
 QUICK = TrainConfig(epochs=2)
@@ -69,7 +69,7 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(small_digits):
     prune.l1_unstructured(layer, "weight", amount=0.5)
     removed = layer.weight_mask == 0
     teacher = small_digits.build_model(SPEC)
-    fit(model, small_digits, TrainConfig(epochs=1), seed=0, distill=Distillation(teacher, weight=0.5))
+    fit(model, small_digits, TrainConfig(epochs=1), seed=0, distill=Distillation(Teacher(teacher), weight=0.5))
     assert torch.all(layer.weight[removed] == 0)
     assert layer.weight[~removed].abs().sum() > 0
 
@@ -89,7 +89,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(small_digits):
     plain, distilled = small_digits.build_model(SPEC), small_digits.build_model(SPEC)
     distilled.load_state_dict(plain.state_dict())
     fit(plain, small_digits, QUICK, seed=0)
-    fit(distilled, small_digits, QUICK, seed=0, distill=Distillation(teacher, weight=0.9))
+    fit(distilled, small_digits, QUICK, seed=0, distill=Distillation(Teacher(teacher), weight=0.9))
     assert disagreement(distilled) < disagreement(plain)
 
 
