@@ -12,8 +12,9 @@
   CUDA, the ResNet space and an export on CUDA, Ray trials per minute with
   ``--gpus-per-trial 0.25`` (four trials share the GPU) vs ``1``;
 * ``batch``: trials per minute at ``trial_batch`` 1, 2, 4, 8, 16 on the CPU, the
-  same replayed plans in every row, and the fine-tune's arithmetic rate one trial
-  at a time and 8 stacked against a batched matmul;
+  same replayed plans in every row, and the arithmetic rate of the fine-tune (one
+  trial at a time and 8 stacked) and of a matmul (one member at a time and batched),
+  with all threads and with one;
 * ``baseline``: automtl vs the hand-written peer baseline (``benchmarks/baseline.py``)
   given the same wall-clock, per seed and problem: hypervolume of (sparsity, test
   metric per task) at references 0, 0.5 and 0.8, and the highest sparsity whose
@@ -279,31 +280,51 @@ BATCH_HEADER = ["| trial_batch | workers | trials finished | trial-loop wall | t
 
 def arithmetic(root: Path, k: int = 8, epochs: int = 2) -> list[str]:
     """How much there is for batching to win on this CPU: the fine-tune's arithmetic rate one trial at a time
-    and ``k`` stacked, against a batched matmul of the model's shapes (all threads, one process)."""
+    and ``k`` stacked, and the widest layer's matmul one member at a time and batched, with all threads (one
+    worker) and with one thread (what each of two workers has)."""
     config = load(CONFIG, ["tracking.enabled=false", f"fine_tune.epochs={epochs}"])
     bench = trial.Bench.prepare(config, root / "arithmetic")
     weights = {task: 1 / len(bench.task_names) for task in bench.task_names}
     plans = [TrialPlan(["global_magnitude"], {"global_magnitude": 0.5 + 0.4 * i / k}, "simplex", weights, 0.3,
                        config.fine_tune.lr.low) for i in range(k)]
-    alone = sum(trial.run(plan, bench, number).fine_tune_seconds for number, plan in enumerate(plans))
-    stacked: dict[int, float] = {}
-    trial.run_batch([(plan, number, None) for number, plan in enumerate(plans)], bench,
-                    lambda index, result: stacked.setdefault(index, result.fine_tune_seconds))
     # the students' forward and backward passes: 6 x MACs a sample (the distillation teacher not counted)
     work = 6 * flops(bench.dense, bench.problem.val.sample(1).inputs) * len(bench.problem.train) * epochs * k
     batch, width = config.fine_tune.batch_size, max(config.model.hidden)
+    threads, rows, stacking = torch.get_num_threads(), [], {}
+    for n in sorted({threads, 1}, reverse=True):
+        torch.set_num_threads(n)
+        alone = sum(trial.run(plan, bench, number).fine_tune_seconds for number, plan in enumerate(plans))
+        stacked: dict[int, float] = {}
+        trial.run_batch([(plan, number, None) for number, plan in enumerate(plans)], bench,
+                        lambda index, result: stacked.setdefault(index, result.fine_tune_seconds))
+        fine_tune = (work / alone, work / sum(stacked.values()))
+        matmul = _matmul_rates(k, batch, width)
+        stacking[n] = fine_tune[1] / fine_tune[0]
+        rows.append(f"| {n} | {fine_tune[0] / 1e9:.0f} | {fine_tune[1] / 1e9:.0f} | **{stacking[n]:.2f}x** | "
+                    f"{matmul[0] / 1e9:.0f} | {matmul[1] / 1e9:.0f} | **{matmul[1] / matmul[0]:.2f}x** |")
+        print(rows[-1], flush=True)
+    torch.set_num_threads(threads)
+    return [f"Arithmetic rate in GFLOP/s, one process: the fine-tune of {k} global-magnitude plans ({epochs} "
+            f"epochs, 6 x MACs a sample) one at a time and stacked, and the widest layer's matmul ({batch} x "
+            f"{width} x {width}) one member at a time and {k} batched:", "",
+            "| threads | fine-tune alone | stacked | ratio | matmul alone | batched | ratio |",
+            "|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+            f"With one thread, as each of two workers has, stacking {k} fine-tunes is **{stacking[1]:.2f}x**: the "
+            "most a batch can gain over one trial at a time with two workers, since the matmuls already run as "
+            "fast one member at a time as batched and the rest of a step grows with the members."]
+
+
+def _matmul_rates(k: int, batch: int, width: int, rounds: int = 200) -> tuple[float, float]:
+    """FLOP/s of ``k`` ``batch x width x width`` matmuls one after another, and as one batched matmul."""
     a, b = torch.randn(k, batch, width), torch.randn(k, width, width)
-    started, rounds = time.perf_counter(), 300
-    for _ in range(rounds):
-        torch.bmm(a, b)
-    peak = 2 * k * batch * width * width * rounds / (time.perf_counter() - started)
-    rate_alone, rate_stacked = work / alone, work / sum(stacked.values())
-    return [f"Arithmetic rate of the fine-tune ({k} global-magnitude plans, {epochs} epochs, one process with "
-            f"{torch.get_num_threads()} threads; 6 x MACs a sample): one at a time {rate_alone / 1e9:.0f} GFLOP/s, "
-            f"{k} stacked {rate_stacked / 1e9:.0f} GFLOP/s (**{rate_stacked / rate_alone:.2f}x**), against "
-            f"{peak / 1e9:.0f} GFLOP/s for a batched matmul of the widest layer ({k} x {batch} x {width} x {width}). "
-            "Stacking lets one process keep both cores busy on small layers; two workers fine-tuning one "
-            "trial each with a thread each (the rows with 2 workers) already do, so a batch does not pay there."]
+    rates = []
+    for product in (lambda: [a[i] @ b[i] for i in range(k)], lambda: torch.bmm(a, b)):
+        product()
+        started = time.perf_counter()
+        for _ in range(rounds):
+            product()
+        rates.append(2 * k * batch * width * width * rounds / (time.perf_counter() - started))
+    return rates[0], rates[1]
 
 
 def batch_part(root: Path, args: argparse.Namespace) -> None:
@@ -346,7 +367,8 @@ LEVERS = {
     "without the seeded front": ["seed_front=[]"],
     "without the enqueued plans": ["enqueue=[]"],  # the global magnitude -> Taylor family
     "without the focus region": ["focus=null"],
-    "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
+    # the range's geometric middle, fixed (the enqueued plans fine-tune at it too)
+    "without a searched learning rate": ["fine_tune.lr={middle_lr}", "enqueue={enqueue_at_middle_lr}"],
     "with 9 fine-tune epochs": ["fine_tune.epochs=9"],  # the previous fidelity: rungs at 1 and 3
     "with distillation temperature 2": ["distillation.temperature=2"],  # the config's default
 }
@@ -373,6 +395,8 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
     rows, levers = [], {}
     budget = [f"trials={args.trials}"] if args.trials else []
     middle_lr = load(space).fine_tune.train().lr
+    enqueued = [{k: v for k, v in plan.items() if k != "lr"} for plan in read_yaml(space.read_text()).get("enqueue", [])]
+    fills = {"middle_lr": f"{middle_lr:g}", "enqueue_at_middle_lr": yaml.safe_dump(enqueued, default_flow_style=True)}
     for seed in range(args.seeds):
         run = f"{name}-{seed}"
         study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], space)
@@ -386,7 +410,7 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
         for lever, overrides in (LEVERS.items() if with_levers else ()):
             variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
                 f"seed={seed}", "tracking.enabled=false", "trials=100000", f"timeout={wall}",
-                *(o.replace("{middle_lr}", f"{middle_lr:g}") for o in overrides)], space)
+                *(o.format_map(fills) for o in overrides)], space)
             levers.setdefault(lever, []).append(_front_quality(variant, dense))
             print(name, seed, lever, levers[lever][-1], flush=True)
     keys = list(rows[0][5])
