@@ -5,7 +5,7 @@
 strategy removed stay exactly zero while the network fine-tunes. With a
 ``teacher``, each task's loss blends in knowledge distillation from the
 teacher's softened outputs (computed once over an in-memory training split by
-:func:`with_soft_targets`, else per batch). Models with BatchNorm have their
+:meth:`Teacher.carrying`, else per batch). Models with BatchNorm have their
 running statistics recalibrated (:func:`recalibrate_batchnorm`) whenever masks
 or fine-tuning changed the weights they were estimated for.
 """
@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -54,14 +54,14 @@ class TrainConfig:
 
 
 TEACHER = "teacher:"
-"""Prefix of the extra targets a training split prepared by :func:`with_soft_targets` carries."""
+"""Prefix of the extra targets a training split prepared by :meth:`Teacher.carrying` carries."""
 
 
 @dataclass(frozen=True)
 class Teacher:
     """The model distilled from, put in eval mode. Classification tasks match its class distribution
     softened by ``temperature`` (KL); regression tasks its outputs (MSE). ``train``: the training split
-    carrying its soft targets (:func:`with_soft_targets`), read instead of running it on every batch."""
+    carrying its soft targets (:meth:`carrying`), read instead of running it on every batch."""
 
     model: nn.Module
     temperature: float = 2.0
@@ -69,6 +69,17 @@ class Teacher:
 
     def __post_init__(self) -> None:
         self.model.eval()
+
+    def carrying(self, problem: Problem, batch_size: int = 1024) -> "Teacher":
+        """This teacher with ``problem.train`` carrying each task's soft target as the extra target
+        ``teacher:<task>``, computed once, so distilling on it runs no teacher per batch: a quarter to a third
+        of a small network's fine-tune step. A Dataset split is kept as it is (never materialised)."""
+        train = problem.train
+        if not isinstance(train, Split):
+            return replace(self, train=train)
+        outputs, _ = predict(lambda inputs: task_outputs(self.model(inputs), problem.task_names), train, batch_size)
+        extra = {TEACHER + name: value for name, value in soft_targets(problem, outputs, self.temperature).items()}
+        return replace(self, train=Split(train.inputs, {**train.targets, **extra}))
 
     def soft_targets(self, problem: Problem, inputs: Tensor, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each task's soft target on one batch: carried by the batch, else the teacher's computed now."""
@@ -91,19 +102,6 @@ def soft_targets(problem: Problem, teacher_outputs: Mapping[str, Tensor], temper
     (classification), or its outputs (regression)."""
     return {t.name: F.log_softmax(teacher_outputs[t.name] / temperature, dim=1) if t.kind == "classification"
             else teacher_outputs[t.name] for t in problem.tasks}
-
-
-def with_soft_targets(problem: Problem, teacher: nn.Module, temperature: float, batch_size: int = 1024) -> Data:
-    """``problem.train`` carrying each task's soft target as the extra target ``teacher:<task>``, computed
-    once (the teacher in eval mode), so distilling on it runs no teacher per batch: a quarter to a third of a
-    small network's fine-tune step. A Dataset split comes back as it is (never materialised)."""
-    train = problem.train
-    if not isinstance(train, Split):
-        return train
-    teacher.eval()
-    outputs, _ = predict(lambda inputs: task_outputs(teacher(inputs), problem.task_names), train, batch_size)
-    extra = {TEACHER + name: value for name, value in soft_targets(problem, outputs, temperature).items()}
-    return Split(train.inputs, {**train.targets, **extra})
 
 
 def training_split(problem: Problem, teacher: Teacher | None) -> Data:

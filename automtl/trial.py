@@ -35,7 +35,7 @@ from automtl.records import TrialResult
 from automtl.space import TrialPlan
 from automtl.rungs import judged_objectives
 from automtl.train import (Distillation, Teacher, batches_per_epoch, dense_model, evaluate, fit, predict,
-                           recalibrate_batchnorm, with_soft_targets)
+                           recalibrate_batchnorm)
 from automtl.weighting import Weighting, make_weighting
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,11 @@ class Bench:
 
     def teacher(self, device: torch.device) -> Teacher:
         """The dense model as the trials' teacher on ``device``: its soft targets over the training split
-        computed once (:func:`automtl.train.with_soft_targets`), read by every trial."""
+        computed once (:meth:`automtl.train.Teacher.carrying`), read by every trial."""
         if device not in self._teachers:
             problem, dense = self.on(device)
-            temperature = self.config.distillation.temperature
-            self._teachers[device] = Teacher(dense, temperature, with_soft_targets(
-                problem, dense, temperature, self.config.data.batch_size))
+            self._teachers[device] = Teacher(dense, self.config.distillation.temperature).carrying(
+                problem, self.config.data.batch_size)
         return self._teachers[device]
 
     def __getstate__(self) -> dict:

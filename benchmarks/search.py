@@ -395,8 +395,9 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
     rows, levers = [], {}
     budget = [f"trials={args.trials}"] if args.trials else []
     middle_lr = load(space).fine_tune.train().lr
-    enqueued = [{k: v for k, v in plan.items() if k != "lr"} for plan in read_yaml(space.read_text()).get("enqueue", [])]
-    fills = {"middle_lr": f"{middle_lr:g}", "enqueue_at_middle_lr": yaml.safe_dump(enqueued, default_flow_style=True)}
+    enqueued = read_yaml(space.read_text()).get("enqueue", [])
+    fills = {"middle_lr": f"{middle_lr:g}", "enqueue_at_middle_lr": yaml.safe_dump(
+        [{key: value for key, value in plan.items() if key != "lr"} for plan in enqueued], default_flow_style=True)}
     for seed in range(args.seeds):
         run = f"{name}-{seed}"
         study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], space)

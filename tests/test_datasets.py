@@ -14,7 +14,7 @@ from automtl.problems import ProblemError
 from automtl.pruning import PruneContext, apply
 from automtl.rundir import RunDir
 from automtl.space import TrialPlan
-from automtl.train import Distillation, Teacher, TrainConfig, evaluate, fit, with_soft_targets
+from automtl.train import Distillation, Teacher, TrainConfig, evaluate, fit
 from automtl.trial import Bench
 from tests.conftest import FIXTURES
 from tests.test_ray import RAY
@@ -91,21 +91,20 @@ def test_datasets_give_the_same_training_pruning_and_evaluation_as_tensors(serve
     assert _same(state_a, state_b) and pruned_a == pruned_b
 
 
-
 @pytest.mark.parametrize("form", FORMS)
 def test_distilling_from_a_dataset_runs_the_teacher_per_batch_and_trains_as_tensors_do(served, form):
     _, problems = served
     teacher = _trained(problems["tensors"])
     states = []
     for problem in (problems["tensors"], problems[form]):
-        carrying = with_soft_targets(problem, teacher, temperature=4.0)
-        assert (carrying is problem.train) == (problem is problems[form])  # a Dataset is never materialised
+        carrying = Teacher(teacher, 4.0).carrying(problem)
+        assert (carrying.train is problem.train) == (problem is problems[form])  # a Dataset is never materialised
         torch.manual_seed(1)
         student = problem.build_model(SPEC)
-        fit(student, problem, TrainConfig(epochs=1, batch_size=64), seed=0,
-            distill=Distillation(Teacher(teacher, 4.0, carrying), 0.5))
+        fit(student, problem, TrainConfig(epochs=1, batch_size=64), seed=0, distill=Distillation(carrying, 0.5))
         states.append(student.state_dict())
     assert all(torch.allclose(states[0][k], states[1][k], atol=1e-5) for k in states[0])
+
 
 @pytest.mark.parametrize("item, message", [
     (torch.zeros(1, 10, 10), r"item 0 of the dataset is a Tensor; items must be \(input, \{task: target\}\) or "

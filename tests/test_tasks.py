@@ -9,7 +9,7 @@ from automtl import Task, get_problem
 from automtl.metrics import METRICS, mae, mse, mse_value, rmse_value
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
-from automtl.train import Distillation, Teacher, task_losses, with_soft_targets
+from automtl.train import Distillation, Teacher, task_losses
 from tests.fixtures.zoo import search_space
 from tests.test_tracking import cli, client
 
@@ -79,7 +79,7 @@ def test_soft_targets_computed_once_give_the_losses_of_the_teacher_run_on_every_
     problem = get_problem("multidigits", train_pairs=50, eval_pairs=20, tasks=["left", "sum"])
     torch.manual_seed(0)
     student, teacher = problem.build_model(), problem.build_model()
-    carrying = with_soft_targets(problem, teacher, temperature=4.0)
+    carrying = Teacher(teacher, 4.0).carrying(problem).train
     pairs = zip(problem.train.batches(16, torch.Generator().manual_seed(1)),
                 carrying.batches(16, torch.Generator().manual_seed(1)))
     for (inputs, targets), (same_inputs, carried) in pairs:
