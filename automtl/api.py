@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import optuna
+from torch import nn
 
 from automtl import config as config_mod
+from automtl import dense as dense_mod
 from automtl import focus, objectives, pareto, progress, report, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
@@ -22,7 +24,7 @@ from automtl.problems import Problem, get_problem
 from automtl.records import TrialRecord
 from automtl.pruning import PruneContext
 from automtl.rundir import RunDir, open_storage
-from automtl.train import TrainConfig, dense_model, evaluate
+from automtl.train import TrainConfig, evaluate
 from automtl.space import TrialPlan, encode
 from automtl.trial import Bench, reference_values
 
@@ -71,7 +73,7 @@ def train_dense(
     """
     prob = get_problem(problem, seed=seed, **(options or {}))
     spec = prob.default_model.override(**(model or {}))
-    dense = dense_model(prob, spec, config, seed, cache_dir or default_cache_dir())
+    dense = dense_mod.trained(prob, spec, config, seed, cache_dir or default_cache_dir())
     return DenseReport(
         problem=prob.name,
         model=spec.as_dict(),
@@ -127,7 +129,9 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool) -> SearchC
                 f"--resume: the config differs from the one {run.path} was started with in {field!r} "
                 f"({old!r} there, {new!r} now); only {', '.join(config_mod.RESUMABLE)} may change"
             )
-        return stored.model_copy(update={k: getattr(config, k) for k in config_mod.RESUMABLE})
+        # given dense weights are read from where they are now (their digest must match the study's)
+        dense = stored.dense.model_copy(update={"weights": config.dense.weights})
+        return stored.model_copy(update={k: getattr(config, k) for k in config_mod.RESUMABLE} | {"dense": dense})
     if run.exists():
         raise UserError(f"{run.path} already holds a search; pass --resume to continue it or choose another --run-dir")
     leftovers = {p.name for p in run.path.iterdir()} - {"config.yaml", ".lock", ".ask.lock", "dense"} if run.path.is_dir() else set()
@@ -153,14 +157,21 @@ def _check_model(config: SearchConfig, problem: Problem) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_parameters: int) -> optuna.Study:
-    """A new study in the run directory, with its objectives described and enqueued plans queued."""
+def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_parameters: int,
+                  reference: dense_mod.DenseModel | None) -> optuna.Study:
+    """A new study in the run directory, with its objectives and dense reference described and enqueued
+    plans queued; a given dense reference is kept in the run directory."""
     declared = objectives.declared(config, problem)
     study = run.create_study(config.storage, config.name, [o.direction for o in declared])
     study.set_metric_names([o.name for o in declared])
+    if reference is not None:
+        dense_mod.keep(reference, run.path)
+    else:  # left by an earlier attempt in this folder that was given weights
+        (run.path / dense_mod.REFERENCE).unlink(missing_ok=True)
     attrs = {"objectives": [o.name for o in declared], "directions": [o.direction for o in declared],
              "objective_specs": objectives.to_attrs(declared), "tasks": problem.task_names,
-             "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12]}
+             "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12],
+             DENSE_REFERENCE: reference.record() if reference else {"source": "trained"}}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for plan in [*config.seed_plans(problem.task_names), *config.enqueue]:
@@ -168,6 +179,31 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
         decoded = TrialPlan(plan.order, plan.thresholds, method, plan.loss_weights, plan.distillation, plan.lr)
         study.enqueue_trial(encode(decoded, config, problem.task_names))
     return study
+
+
+DENSE_REFERENCE = "dense_reference"
+
+
+def _resumed_reference(study: optuna.Study, run: RunDir, config: SearchConfig, problem: Problem,
+                       reference: dense_mod.DenseModel | None) -> dense_mod.DenseModel | None:
+    """On ``--resume``: the dense reference the study was started with (None: automtl trained it), refusing
+    given weights whose digest differs from the recorded one."""
+    recorded = study.user_attrs.get(DENSE_REFERENCE) or {"source": "trained"}  # studies from before: trained
+    if recorded["source"] == "trained":
+        if reference is not None:
+            raise UserError(f"--resume: {run.path} was started with a dense model automtl trained; it cannot go "
+                            f"on from given weights ({reference.source}); start a new --run-dir for them")
+        return None
+    kept = dense_mod.stored(problem, config.model_spec(problem), run.path)
+    reference = reference or kept
+    if reference is None:
+        raise UserError(f"--resume: the dense model {run.path} was given is missing from {run.path / dense_mod.REFERENCE}; "
+                        "pass it again (model=...)")
+    if reference.digest != recorded["digest"]:
+        raise UserError(f"--resume: the dense weights given now ({reference.source}, digest {reference.digest[:12]}) "
+                        f"differ from those {run.path} was started with (digest {recorded['digest'][:12]}); resume "
+                        "with the same weights, or start a new --run-dir")
+    return reference
 
 
 def _describe_dense(study: optuna.Study, bench: Bench) -> None:
@@ -222,13 +258,16 @@ def search(
     overrides: list[str] = (),
     resume: bool = False,
     on_progress=None,
+    model: nn.Module | None = None,
 ) -> SearchSummary:
     """Run (or resume) a joint search; everything is validated before anything is written.
 
     ``config`` is a :class:`~automtl.config.SearchConfig`, a mapping shaped like a search-space file, or
     such a file's path; ``overrides`` (``key.sub=value``) apply first. ``problem`` searches that
     :class:`~automtl.Problem` object instead of the config's: the run records its name only, so pass it
-    again to resume or export. ``run_dir`` defaults to ``runs/<name>``.
+    again to resume or export. ``model`` is a trained module to compress: its weights (``state_dict``) are
+    loaded into the problem's architecture and are the dense reference, never retrained (as
+    ``dense.weights`` in the config). ``run_dir`` defaults to ``runs/<name>``.
 
     Example:
         >>> import tempfile, automtl
@@ -248,6 +287,8 @@ def search(
     problem = problem if given else config.build_problem()
     config.check(problem.task_names)
     total_parameters = _check_model(config, problem)
+    reference = dense_mod.given(problem, config.model_spec(problem), config.seed, config.dense.weights,
+                                config.dense.train is not False, model)
     backend = get_backend(config.backend.name)
     backend.preflight(config)
     if given and not problem.in_memory and not backend.ships_datasets(config):
@@ -257,10 +298,12 @@ def search(
     if config.storage and not resume:
         open_storage(config.storage)  # reachable, driver installed: checked before anything is written
     with run.exclusive(), _stop_when_disk_full(run):
-        study = _open_study(run, config, problem, total_parameters, resume)
+        study = _open_study(run, config, problem, total_parameters, resume, reference)
+        if resume:
+            reference = _resumed_reference(study, run, config, problem, reference)
         run.write_config(config)
         tracker = tracking.start(study, config, run.path)
-        bench = Bench.prepare(config, run.path, problem)
+        bench = Bench.prepare(config, run.path, problem, reference)
         _describe_dense(study, bench)
         try:
             backend.run(run, config, bench, on_progress)
@@ -289,9 +332,9 @@ def _finish(run: RunDir, config: SearchConfig, tracker) -> SearchSummary:
 
 
 def _open_study(run: RunDir, config: SearchConfig, problem: Problem, total_parameters: int,
-                resume: bool) -> optuna.Study:
+                resume: bool, reference: dense_mod.DenseModel | None) -> optuna.Study:
     if not resume:
-        return _create_study(run, config, problem, total_parameters)
+        return _create_study(run, config, problem, total_parameters, reference)
     cut = run.repair_journal()
     if cut:
         log.warning("study.journal ended in an incomplete last record (%d bytes, from a crash or a full disk); "

@@ -28,7 +28,9 @@ from automtl.problems import Problem, get_problem
 from automtl.pruning import STRATEGIES
 from automtl.pruning.base import AGGREGATES, HEADS
 from automtl.samplers import SAMPLERS
-from automtl.train import SCHEDULES, TrainConfig
+from automtl.optimizers import OPTIMIZERS, OptimizerSettings
+from automtl.schedules import SCHEDULES, WARMS_UP_ITSELF
+from automtl.train import TrainConfig
 from automtl.weighting import WEIGHTINGS, options_of
 
 class Loader(yaml.SafeLoader):
@@ -122,19 +124,89 @@ class ModelConfig(Strict):
         return self.model_dump(exclude_none=True)
 
 
+class OptimizerConfig(Strict):
+    """The optimiser of a training recipe (the learning rate is the recipe's ``lr``): ``weight_decay`` for
+    all, ``betas`` (default 0.9, 0.999) for adam and adamw, ``momentum`` (default 0.9) and ``nesterov`` for
+    sgd."""
+
+    name: Literal[tuple(OPTIMIZERS)] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] | None = None
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    nesterov: bool | None = None
+
+    @model_validator(mode="after")
+    def _applies(self) -> "OptimizerConfig":
+        owners = {"momentum": ("sgd",), "nesterov": ("sgd",), "betas": ("adam", "adamw")}
+        for option, names in owners.items():
+            if getattr(self, option) is not None and self.name not in names:
+                raise ValueError(f"{option} applies to {' and '.join(names)} only, not to {self.name}")
+        if self.betas is not None and not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        if self.nesterov and self.settings().momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
+    def settings(self) -> OptimizerSettings:
+        """The optimiser's settings, its defaults where none is given."""
+        return OptimizerSettings(**self.model_dump(exclude_none=True))
+
+
 class TrainSettings(Strict):
-    """Adam for ``epochs``; ``schedule``: the learning rate stays ``lr`` (constant) or decays to zero
-    along a cosine over the whole run, stepped every batch (cosine)."""
+    """A training recipe: ``optimizer`` for ``epochs`` at learning rate ``lr``, scaled after every batch by
+    ``schedule`` (constant; cosine to zero; step: times ``gamma`` every ``step_epochs`` epochs; onecycle:
+    torch's one-cycle policy) after a linear warm-up over ``warmup_epochs``; ``grad_clip`` bounds the
+    gradients' total norm before each step."""
 
     epochs: PositiveInt
     lr: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128
-    schedule: Literal[SCHEDULES] = "constant"
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: Literal[tuple(SCHEDULES)] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    step_epochs: PositiveInt | None = None
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    grad_clip: PositiveFloat | None = None
 
-    def train(self, lr: float | None = None) -> TrainConfig:
-        """The :class:`~automtl.train.TrainConfig` of these settings."""
-        fields = self.model_dump(include=set(TrainConfig.__dataclass_fields__) - {"lr"})
-        return TrainConfig(**fields, lr=self.lr if lr is None else lr)
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> "TrainSettings":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs:g} must be below epochs {self.epochs}")
+        if self.warmup_epochs and self.schedule in WARMS_UP_ITSELF:
+            raise ValueError(f"schedule {self.schedule} warms up by itself: leave warmup_epochs at 0")
+        if (self.schedule == "step") != (self.step_epochs is not None):
+            raise ValueError("schedule step needs step_epochs (decay every that many epochs), and step_epochs "
+                             "applies to schedule step only")
+        return self
+
+    def recipe(self, lr: float | None = None) -> TrainConfig:
+        """The :class:`~automtl.train.TrainConfig` of these settings (at learning rate ``lr`` if given)."""
+        return TrainConfig(epochs=self.epochs, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
+                           optimizer=self.optimizer.settings(), schedule=self.schedule,
+                           warmup_epochs=self.warmup_epochs, step_epochs=self.step_epochs or 1, gamma=self.gamma,
+                           grad_clip=self.grad_clip)
+
+
+class DenseSettings(TrainSettings):
+    """The dense reference every trial starts from: trained by automtl with this recipe (cached in the run
+    directory), or given: ``weights`` (a state dict, ``.pt``/``.pth`` or ``.safetensors``, relative to the
+    search-space file) loaded into the problem's model, or ``train: false`` for the model the problem's
+    factory returns as it is. A given model is never retrained."""
+
+    epochs: PositiveInt = 20
+    weights: str | None = None
+    train: bool | None = None  # null: automtl trains it unless weights are given
+
+    @model_validator(mode="after")
+    def _weights_are_not_retrained(self) -> "DenseSettings":
+        if self.weights is not None and self.train:
+            raise ValueError("weights are a trained model, which automtl never retrains: drop train: true")
+        return self
+
+    @property
+    def given(self) -> bool:
+        """Whether the dense model is given (weights or the factory's model), not trained by automtl."""
+        return self.weights is not None or self.train is False
 
 
 class GradualConfig(Strict):
@@ -159,11 +231,11 @@ class FineTuneSettings(TrainSettings):
             raise ValueError(f"a learning-rate range needs low > 0, got {value.low}")
         return value
 
-    def train(self, lr: float | None = None) -> TrainConfig:
+    def recipe(self, lr: float | None = None) -> TrainConfig:
         """The :class:`~automtl.train.TrainConfig` of a trial with learning rate ``lr`` (default: the fixed
         one, or the geometric middle of the searched range)."""
         middle = self.lr if isinstance(self.lr, float) else math.sqrt(self.lr.low * self.lr.high)
-        return super().train(middle if lr is None else lr)
+        return super().recipe(middle if lr is None else lr)
 
 
 class RungsConfig(Strict):
@@ -352,7 +424,7 @@ class SearchConfig(Strict):
     seed: int = 0
     problem: ProblemConfig = ProblemConfig()
     model: ModelConfig = ModelConfig()
-    dense: TrainSettings = TrainSettings(epochs=20)
+    dense: DenseSettings = DenseSettings()
     fine_tune: FineTuneSettings = FineTuneSettings(epochs=3)
     rungs: RungsConfig | None = None
     focus: FocusConfig | None = None
@@ -475,8 +547,10 @@ class SearchConfig(Strict):
         return problem.default_model.override(**self.model.overrides())
 
     def study_identity(self) -> dict[str, Any]:
-        """The fields a resumed study must share with the original (budget and resources may change)."""
-        return self.model_dump(mode="json", exclude=set(RESUMABLE) | {"enqueue", "seed_front"})
+        """The fields a resumed study must share with the original (budget and resources may change; given
+        dense weights are compared by their digest, wherever the file now lies)."""
+        excluded = {name: True for name in (*RESUMABLE, "enqueue", "seed_front")} | {"dense": {"weights"}}
+        return self.model_dump(mode="json", exclude=excluded)
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -552,7 +626,9 @@ def _from_raw(raw: Any, overrides: list[str], name: str, base: Path) -> SearchCo
         raw.setdefault("name", name)
         for text in overrides:
             _set(raw, *parse_override(text))
-        problem = raw.get("problem")
+        problem, dense = raw.get("problem"), raw.get("dense")
         if isinstance(problem, dict) and isinstance(problem.get("pythonpath"), list):
             problem["pythonpath"] = [str((base / str(p)).resolve()) for p in problem["pythonpath"]]
+        if isinstance(dense, dict) and isinstance(dense.get("weights"), str):
+            dense["weights"] = str((base / Path(dense["weights"]).expanduser()).resolve())
     return validate(raw)

@@ -5,7 +5,8 @@ and :func:`torch.func.vmap` runs :func:`torch.func.functional_call` of the
 architecture over them, so one forward and one backward pass serve every
 member. Each member keeps what is its own: masks (``torch.nn.utils.prune``'s
 ``*_mask`` buffers), BatchNorm statistics, task weighting (and its learned
-parameters), distillation weight, learning rate and Adam state. While the
+parameters), distillation weight, learning rate, optimiser state and gradient
+clipping norm. While the
 fine-tune runs, every member's tensors *are* views of its row of the stack, so
 its own hooks (gradual masks, rung judges) read and write the live values;
 a member whose ``after_epoch`` says stop leaves the stack at once with its own
@@ -15,9 +16,10 @@ All members read the same batches (one data order, seeded by ``seed``), and shar
 the distillation teacher's soft targets (carried by the batch, or computed once
 per batch for all of them). A member's result is
 the one :func:`automtl.train.fit` gives it alone with the same data order,
-within float tolerance: each member's own parameters are what Adam steps
-(one parameter group per member, as :func:`~automtl.train.fit` has one), their
-gradients handed out from the stack's. Layers with randomness (dropout) draw
+within float tolerance: each member's own parameters are what the optimiser steps
+(one parameter group per member, as :func:`~automtl.train.fit` has one, with
+the recipe's optimiser and schedule), their gradients handed out from the stack's
+and clipped per member. Layers with randomness (dropout) draw
 different numbers per member.
 """
 
@@ -35,7 +37,7 @@ from torch.func import functional_call, vmap
 
 from automtl.models import task_outputs
 from automtl.problems.base import Problem
-from automtl.train import Teacher, TrainConfig, adam, blend_distillation, schedule, training_split
+from automtl.train import Teacher, TrainConfig, blend_distillation, optimizer_and_schedule, training_split
 from automtl.weighting import Weighting
 
 MASKED = "_orig"  # torch.nn.utils.prune keeps a pruned ``name`` as ``name_orig`` * buffer ``name_mask``
@@ -71,10 +73,11 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
     stack = _Stack(members, copy.deepcopy(architecture).train(), problem, teacher)
     for m in members:
         m.weighting.bind(m.model)
-    # One group per member, as fit has for one model; a member that left has no gradients, so Adam skips it.
-    optimizer = adam([{"params": [*m.model.parameters(), *m.weighting.parameters()], "lr": m.lr} for m in members],
-                     config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
+    # One group per member, as fit has for one model; a member that left has no gradients, so the
+    # optimiser skips it.
+    optimizer, scheduler = optimizer_and_schedule(
+        [{"params": [*m.model.parameters(), *m.weighting.parameters()], "lr": m.lr} for m in members],
+        config, problem)
     generator, step = torch.Generator().manual_seed(seed), 0
     train = training_split(problem, teacher)
     try:
@@ -90,6 +93,8 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                 optimizer.zero_grad(set_to_none=True)
                 sum(m.weighting.combine(dict(zip(problem.task_names, row)))
                     for m, row in zip(stack.members, losses)).backward()
+                if config.grad_clip is not None:
+                    stack.clip_gradients(config.grad_clip)
                 stack.hand_out_gradients()
                 optimizer.step()
                 scheduler.step()
@@ -162,6 +167,15 @@ class _Stack:
             if not first:
                 raise
             raise NotStackable(f"{type(exc).__name__}: {exc}") from exc
+
+    def clip_gradients(self, max_norm: float) -> None:
+        """Scale each member's gradients to at most ``max_norm`` in total norm over its model's parameters,
+        as ``torch.nn.utils.clip_grad_norm_`` does for one model."""
+        grads = [stacked.grad for stacked in self.params.values()]
+        norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
 
     def hand_out_gradients(self) -> None:
         """Give each member's parameters their rows of the stacked gradients (the optimiser steps the

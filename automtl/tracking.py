@@ -240,7 +240,10 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
 
         params = {"sampler": config.sampler.name, "seed": config.seed, "problem": config.problem.name,
                   "strategies": ", ".join(config.pruning.strategies), "order": config.pruning.order,
-                  "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(attrs["objectives"])}
+                  "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(attrs["objectives"]),
+                  "fine_tune": f"{config.fine_tune.optimizer.name}, {config.fine_tune.schedule}"}
+        reference = attrs.get("dense_reference") or {"source": "trained"}
+        params |= {f"dense.{key}": value for key, value in reference.items() if value is not None}
         client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
     for key, value in {"mlflow_uri": uri, "mlflow_experiment": name, "mlflow_experiment_id": experiment_id,
                        "mlflow_parent_run_id": parent}.items():

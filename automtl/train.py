@@ -1,4 +1,4 @@
-"""Dense training, fine-tuning under fixed masks, per-task evaluation, the dense cache.
+"""Training (dense and fine-tuning under fixed masks) with a recipe, and per-task evaluation.
 
 :func:`fit` is the one training loop. Masks attached with
 ``torch.nn.utils.prune`` are re-applied on every forward pass, so weights a
@@ -12,45 +12,48 @@ or fine-tuning changed the weights they were estimated for.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
-import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automtl import checkpoints
-from automtl.models import ModelSpec, task_outputs
+from automtl import schedules
+from automtl.models import task_outputs
+from automtl.optimizers import OptimizerSettings, make_optimizer
 from automtl.problems.base import Data, Problem, Split
 from automtl.weighting import Static, Weighting
-
-log = logging.getLogger(__name__)
-
-
-SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser settings of one training run (Adam); ``schedule``: constant learning rate, or a cosine
-    decay to zero over all the run's batches."""
+    """The recipe of one training run: ``optimizer`` (:mod:`automtl.optimizers`) at learning rate ``lr``,
+    scaled after every batch by ``schedule`` (:mod:`automtl.schedules`; ``step`` multiplies it by ``gamma``
+    every ``step_epochs`` epochs) after a linear warm-up over ``warmup_epochs``; ``grad_clip``: the
+    model's gradients are scaled to at most this total norm before every step."""
 
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 128
-    weight_decay: float = 0.0
+    optimizer: OptimizerSettings = OptimizerSettings()
     schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 1
+    gamma: float = 0.1
+    grad_clip: float | None = None
 
     def identity(self) -> dict:
-        """What determines a run's result (the constant schedule is left out: caches written before
-        schedules existed keep their keys)."""
-        return {k: v for k, v in asdict(self).items() if not (k == "schedule" and v == "constant")}
+        """What determines a run's result: epochs, lr, batch size, weight decay, and every other setting
+        that differs from its default (so caches written before a setting existed keep their keys)."""
+        def flat(config: TrainConfig) -> dict:
+            fields = {k: v for k, v in asdict(config).items() if k != "optimizer"}
+            return fields | {f"optimizer.{k}": v for k, v in asdict(config.optimizer).items() if k != "weight_decay"}
+        defaults, mine = flat(TrainConfig()), flat(self)
+        always = {"epochs", "lr", "batch_size"}
+        return ({k: mine[k] for k in sorted(always)} | {"weight_decay": self.optimizer.weight_decay}
+                | {k: v for k, v in mine.items() if k not in always and v != defaults[k]})
 
 
 TEACHER = "teacher:"
@@ -146,20 +149,17 @@ def batches_per_epoch(problem: Problem, config: TrainConfig) -> int:
     return math.ceil(len(problem.train) / config.batch_size)
 
 
-def adam(groups: list[dict], config: TrainConfig) -> torch.optim.Adam:
-    """Adam over parameter ``groups`` (each with its ``lr``), fused into one kernel per step where torch
-    has one (CPU and CUDA: about 1.3x faster fine-tuning than the per-tensor loop on 2 CPU cores)."""
-    device = next(p for group in groups for p in group["params"]).device
-    return torch.optim.Adam(groups, weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
+def schedule(config: TrainConfig, problem: Problem) -> schedules.Factor:
+    """The learning rate's factor after ``step`` optimiser steps of this recipe on ``problem``."""
+    per_epoch = batches_per_epoch(problem, config)
+    return schedules.factor(config.schedule, config.epochs * per_epoch, per_epoch,
+                            round(config.warmup_epochs * per_epoch), config.step_epochs, config.gamma)
 
 
-def schedule(config: TrainConfig, problem: Problem) -> Callable[[int], float]:
-    """The learning rate's factor after ``step`` optimiser steps: 1 (constant), or a cosine from 1 to 0
-    over the whole run."""
-    if config.schedule == "constant":
-        return lambda step: 1.0
-    total = config.epochs * batches_per_epoch(problem, config)
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+def optimizer_and_schedule(groups: list[dict], config: TrainConfig, problem: Problem):
+    """The recipe's optimiser over parameter ``groups`` (each with its ``lr``) and its per-batch scheduler."""
+    optimizer = make_optimizer(groups, config.optimizer)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
 
 
 def fit(
@@ -180,8 +180,8 @@ def fit(
     weighting = weighting or Static(problem.task_names)
     weighting.bind(model)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = adam([{"params": [*model.parameters(), *weighting.parameters()], "lr": config.lr}], config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
+    optimizer, scheduler = optimizer_and_schedule(
+        [{"params": [*model.parameters(), *weighting.parameters()], "lr": config.lr}], config, problem)
     train = training_split(problem, distill.teacher if distill is not None else None)
     history, step = [], 0
     for epoch in range(config.epochs):
@@ -194,6 +194,8 @@ def fit(
             losses = task_losses(model, problem, inputs, targets, distill)
             optimizer.zero_grad(set_to_none=True)
             weighting.combine(losses).backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
             weighting.after_step()
@@ -233,57 +235,3 @@ def evaluate(model: nn.Module, problem: Problem, split: Data, batch_size: int = 
     """Each task's metric over ``split`` (its ``metric_name``, e.g. accuracy or mse), in batches of ``batch_size``."""
     model.eval()
     return problem.score(*predict(lambda inputs: task_outputs(model(inputs), problem.task_names), split, batch_size))
-
-
-@dataclass
-class DenseModel:
-    """The trained dense network, where its checkpoint lives, and whether it came from cache."""
-
-    model: nn.Module
-    path: Path
-    cached: bool
-    seconds: float
-
-
-def cache_key(problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int) -> str:
-    """Digest of everything that determines the dense weights."""
-    identity = {
-        "problem": problem.name,
-        "options": {k: str(v) for k, v in problem.options.items()},
-        "data": problem.fingerprint(),
-        "model": spec.as_dict(),
-        "train": config.identity(),
-        "seed": seed,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def dense_model(
-    problem: Problem, spec: ModelSpec, config: TrainConfig, seed: int, cache_dir: str | Path,
-    device: torch.device | str = "cpu",
-) -> DenseModel:
-    """Load the cached dense network for this key, or train it once (on ``device``) and cache it.
-
-    The model comes back on the CPU. A corrupt cache file is reported, discarded and retrained.
-    """
-    path = Path(cache_dir) / f"dense-{problem.name.replace(':', '_')}-{cache_key(problem, spec, config, seed)}.pt"
-    torch.manual_seed(seed)
-    model = problem.build_model(spec)
-    if path.exists():
-        try:
-            state, _ = checkpoints.load(path)
-            model.load_state_dict(state)
-            return DenseModel(model, path, cached=True, seconds=0.0)
-        except checkpoints.CorruptCheckpoint as exc:
-            log.warning("%s; retraining the dense model", exc)
-        except RuntimeError as exc:  # shapes do not fit this model
-            log.warning("cached dense checkpoint %s does not fit the model (%s); retraining", path, exc)
-    start = time.perf_counter()
-    fit(model.to(device), problem.to(device), config, seed)
-    model.cpu()
-    seconds = time.perf_counter() - start
-    checkpoints.save(path, model.state_dict(), {
-        "problem": problem.name, "model": spec.as_dict(), "train": asdict(config), "seed": seed,
-        "seconds": seconds,
-    })
-    return DenseModel(model, path, cached=False, seconds=seconds)

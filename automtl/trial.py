@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from automtl import checkpoints, objectives, stacked
+from automtl import checkpoints, dense as dense_mod, objectives, stacked
 from automtl.config import SearchConfig
 from automtl.measure import cpu_latency_ms, flops
 from automtl.models import ModelSpec, task_outputs
@@ -34,7 +34,7 @@ from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
 from automtl.records import TrialResult
 from automtl.space import TrialPlan
 from automtl.rungs import judged_objectives
-from automtl.train import (Distillation, Teacher, batches_per_epoch, dense_model, evaluate, fit, predict,
+from automtl.train import (Distillation, Teacher, batches_per_epoch, evaluate, fit, predict,
                            recalibrate_batchnorm)
 from automtl.weighting import Weighting, make_weighting
 
@@ -118,14 +118,15 @@ class Bench:
     _teachers: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def prepare(cls, config: SearchConfig, run_dir: str | Path, problem: Problem | None = None) -> "Bench":
-        """Build the problem and load (or train once and cache) the dense model under ``run_dir/dense``."""
+    def prepare(cls, config: SearchConfig, run_dir: str | Path, problem: Problem | None = None,
+                reference: dense_mod.DenseModel | None = None) -> "Bench":
+        """Build the problem and take the dense reference: ``reference``, else the given one the run directory
+        keeps, else the one automtl trains once and caches under ``run_dir/dense``."""
         run_dir = Path(run_dir)
         problem = problem or config.build_problem()
         spec = config.model_spec(problem)
-        device = resolve_device(config.backend.device)
-        dense = dense_model(problem, spec, config.dense.train(), config.seed, run_dir / "dense",
-                            device)
+        dense = reference or dense_mod.stored(problem, spec, run_dir) or dense_mod.trained(
+            problem, spec, config.dense.recipe(), config.seed, run_dir / "dense", resolve_device(config.backend.device))
         dense.model.eval()
         return cls(config, problem, spec, dense.model, run_dir, dense.seconds)
 
@@ -273,7 +274,7 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
     weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
     gradual = config.fine_tune.gradual
     closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(
-        problem, config.fine_tune.train(plan.lr)))) if gradual else None)
+        problem, config.fine_tune.recipe(plan.lr)))) if gradual else None)
     judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
     return _Pruned(plan, number, model, ctx, planned, weighting, closing, judge, start, time.perf_counter())
 
@@ -287,7 +288,7 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     problem, _ = bench.on(device)
     distill = Distillation(bench.teacher(device), plan.distillation) if plan.distillation > 0 else None
     started = time.perf_counter()
-    history = fit(trial.model, problem, config.fine_tune.train(plan.lr), config.seed, trial.weighting, distill,
+    history = fit(trial.model, problem, config.fine_tune.recipe(plan.lr), config.seed, trial.weighting, distill,
                   before_step=trial.closing, after_epoch=trial.judge)
     _check_tuned(trial, history, time.perf_counter() - started)
 
@@ -312,11 +313,11 @@ def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callab
 
     members = {}
     for index, trial in trials.items():
-        member = stacked.Member(trial.model, trial.weighting, config.fine_tune.train(trial.plan.lr).lr,
+        member = stacked.Member(trial.model, trial.weighting, config.fine_tune.recipe(trial.plan.lr).lr,
                                 trial.plan.distillation, trial.closing)
         member.after_epoch = leaving(index, trial, member)
         members[index] = member
-    stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.train(), config.seed,
+    stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.recipe(), config.seed,
                          bench.teacher(device))
     for index, trial in trials.items():
         trial.fine_tune_seconds = members[index].seconds  # its share: a batch's time counts once

@@ -394,7 +394,7 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
     started, space = time.perf_counter(), SPACES / f"{name}.yaml"
     rows, levers = [], {}
     budget = [f"trials={args.trials}"] if args.trials else []
-    middle_lr = load(space).fine_tune.train().lr
+    middle_lr = load(space).fine_tune.recipe().lr
     enqueued = read_yaml(space.read_text()).get("enqueue", [])
     fills = {"middle_lr": f"{middle_lr:g}", "enqueue_at_middle_lr": yaml.safe_dump(
         [{key: value for key, value in plan.items() if key != "lr"} for plan in enqueued], default_flow_style=True)}

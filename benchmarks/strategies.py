@@ -21,7 +21,8 @@ from torch.nn.utils import prune
 from _report import publish
 from automtl import ModelSpec, TrainConfig, evaluate, get_problem
 from automtl.pruning import STRATEGIES, PruneContext, apply
-from automtl.train import dense_model, fit
+from automtl.dense import trained as dense_model
+from automtl.train import fit
 
 SPEC = ModelSpec("mlp", (256, 128))
 

@@ -55,7 +55,7 @@ def test_set_overrides_any_field(tmp_path):
         (BASE + "rungs: {reduction: 1}", "rungs.reduction", "greater than or equal to 2"),
         (BASE + "fine_tune: {epochs: 9, gradual: {epochs: 2}}\nrungs: {min_epochs: 1}", "",
          "gradual.epochs 2 must be at most rungs.min_epochs (1)"),
-        (BASE + "fine_tune: {epochs: 3, schedule: linear}", "fine_tune.schedule", "'constant' or 'cosine'"),
+        (BASE + "fine_tune: {epochs: 3, schedule: linear}", "fine_tune.schedule", "'cosine', 'step' or 'onecycle'"),
         (BASE + "focus: {min_relative: 1.5}", "focus.min_relative", "less than or equal to 1"),
         (BASE + "seed_front: [0.9]", "", "needs the 'global_magnitude' strategy"),
         ("pruning: {strategies: {global_magnitude: null, taylor: null}, order: fixed}\nseed_front: [0.9]", "",

@@ -65,6 +65,27 @@ def test_every_batched_trial_matches_the_same_trial_run_alone(zoo, tmp_path, nam
     assert all(r.fine_tune_seconds > 0 and r.eval_seconds > 0 for r in batched)
 
 
+RECIPES = {
+    "sgd-step-clipped": ["fine_tune.optimizer={name: sgd, momentum: 0.9, nesterov: true, weight_decay: 0.001}",
+                         "fine_tune.schedule=step", "fine_tune.step_epochs=1", "fine_tune.gamma=0.5",
+                         "fine_tune.grad_clip=0.5"],
+    "adamw-warmup-cosine": ["fine_tune.optimizer={name: adamw, weight_decay: 0.05, betas: [0.8, 0.99]}",
+                            "fine_tune.warmup_epochs=0.5"],
+    "sgd-onecycle": ["fine_tune.optimizer={name: sgd}", "fine_tune.schedule=onecycle"],
+    "adam-constant-warmup": ["fine_tune.schedule=constant", "fine_tune.warmup_epochs=1", "fine_tune.grad_clip=1.0"],
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("name", ["mlp", "user_resnet"])
+def test_every_optimizer_and_schedule_steps_a_batched_trial_as_it_steps_alone(zoo, tmp_path, name, recipe):
+    bench = _bench(zoo, name, tmp_path, *RECIPES[recipe])
+    plans = _plans(bench.problem)[:3]  # stacked together (no GradNorm)
+    alone = [run(plan, bench, number) for number, plan in enumerate(plans)]
+    for one, together in zip(alone, _batched(bench, plans), strict=True):
+        _agree(one, together)
+
+
 def test_a_batch_counts_its_wall_clock_once_in_its_trials_compute(zoo, tmp_path):
     bench = _bench(zoo, "mlp", tmp_path)
     plans = _plans(bench.problem)[:3]  # stacked together (no GradNorm)

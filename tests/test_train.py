@@ -1,12 +1,16 @@
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
 from torch.nn.utils import prune
 
-from automtl import ModelSpec, TrainConfig, evaluate, get_problem
-import automtl.train as train_mod
-from automtl.train import Distillation, Teacher, dense_model, fit
+from automtl import ModelSpec, TrainConfig, evaluate, get_problem, schedules
+import automtl.dense as dense_mod
+from automtl.dense import trained as dense_model
+from automtl.models import task_outputs
+from automtl.optimizers import OptimizerSettings
+from automtl.train import Distillation, Teacher, fit
 
 SPEC = ModelSpec("mlp", (64, 32))
 QUICK = TrainConfig(epochs=2)
@@ -16,7 +20,7 @@ def test_dense_cache_miss_then_hit(small_digits, tmp_path, monkeypatch):
     first = dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path)
     assert not first.cached and first.path.exists()
     calls = []
-    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(dense_mod, "fit", lambda *a, **k: calls.append(1))
     second = dense_model(small_digits, SPEC, QUICK, seed=0, cache_dir=tmp_path)
     assert second.cached and second.path == first.path and not calls
     for name, tensor in first.model.state_dict().items():
@@ -125,3 +129,59 @@ def test_moving_a_problem_moves_every_split_and_keeps_the_original(small_digits)
         assert all(t.device.type == "meta" for t in getattr(moved, split).targets.values())
         assert getattr(small_digits, split).inputs.device.type == "cpu"
     assert small_digits.to("cpu") is small_digits
+
+
+def _one_full_batch_step(problem, config):
+    """A model and its parameters before and after one optimiser step over the whole training split."""
+    torch.manual_seed(0)
+    model = problem.build_model(SPEC)
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(model, problem, replace(config, epochs=1, batch_size=len(problem.train)), seed=0)
+    return model, before
+
+
+def test_sgd_takes_exactly_the_gradient_step_and_clipping_bounds_it(small_digits):
+    plain = TrainConfig(lr=0.5, optimizer=OptimizerSettings("sgd", momentum=0.0))
+    model, before = _one_full_batch_step(small_digits, plain)
+    torch.manual_seed(0)
+    reference = small_digits.build_model(SPEC)
+    loss = sum(t.loss(task_outputs(reference(small_digits.train.inputs), small_digits.task_names)[t.name],
+                      small_digits.train.targets[t.name]) for t in small_digits.tasks) / len(small_digits.tasks)
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    for after, start, grad in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(after.detach(), start - 0.5 * grad, rtol=1e-4, atol=1e-5)
+    clipped, before = _one_full_batch_step(small_digits, replace(plain, grad_clip=1e-3))
+    moved = torch.cat([(a.detach() - b).flatten() for a, b in zip(clipped.parameters(), before)]).norm()
+    assert 0 < moved <= 0.5 * 1e-3 * 1.001
+
+
+def test_adamw_decays_decoupled_unlike_adams_l2_term(small_digits):
+    results = {}
+    for name in ("adam", "adamw"):
+        for decay in (0.0, 0.5):
+            model, _ = _one_full_batch_step(small_digits, TrainConfig(lr=1e-2, optimizer=OptimizerSettings(name, decay)))
+            results[name, decay] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(results["adam", 0.0], results["adamw", 0.0])
+    assert not torch.allclose(results["adam", 0.5], results["adamw", 0.5])
+    assert not torch.allclose(results["adamw", 0.5], results["adamw", 0.0])
+
+
+@pytest.mark.parametrize(("name", "options", "expected"), [
+    ("step", {"step_epochs": 2, "gamma": 0.5}, [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]),
+    ("constant", {"warmup_steps": 4}, [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1]),
+    ("cosine", {"warmup_steps": 2}, [0.5, 1, 1, 0.962, 0.854, 0.691, 0.5, 0.309, 0.146, 0.038]),
+])
+def test_schedules_follow_their_curve_per_step(name, options, expected):
+    factor = schedules.factor(name, total_steps=10, steps_per_epoch=2, **options)
+    assert [round(factor(step), 3) for step in range(10)] == pytest.approx(expected, abs=1e-3)
+
+
+def test_onecycle_rises_to_the_learning_rate_at_30_percent_then_falls_as_torchs_does():
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    torchs = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=100, cycle_momentum=False)
+    ours = schedules.factor("onecycle", total_steps=100)
+    for step in range(100):
+        assert ours(step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6, abs=1e-9), step
+        optimizer.step()
+        torchs.step()
