@@ -8,7 +8,7 @@ Example:
     ['mnist1d-pair', 'multidigits']
 """
 
-from automtl.api import DenseReport, SearchSummary, export, front, load_study, search, train_dense
+from automtl.api import DenseReport, SearchSummary, export, front, inspect, load_study, search, train_dense
 from automtl.config import SearchConfig
 from automtl.errors import UserError
 from automtl.formats.sparse import load_pruned
@@ -37,6 +37,7 @@ __all__ = [
     "export",
     "front",
     "get_problem",
+    "inspect",
     "load_pruned",
     "load_study",
     "search",

@@ -16,7 +16,7 @@ from torch import nn
 
 from automtl import config as config_mod
 from automtl import dense as dense_mod
-from automtl import focus, objectives, pareto, progress, report, tracking
+from automtl import focus, objectives, pareto, progress, records, report, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
@@ -157,6 +157,44 @@ def _check_model(config: SearchConfig, problem: Problem) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _checked(config: SearchConfig, problem: Problem | None, model: nn.Module | None
+             ) -> tuple[Problem, int, dense_mod.DenseModel | None]:
+    """The problem (built from the config unless given), the model's parameter count and the given dense
+    reference, after every check a search makes before it writes anything."""
+    problem = problem if problem is not None else config.build_problem()
+    config.check(problem.task_names)
+    total_parameters = _check_model(config, problem)
+    reference = dense_mod.given(problem, config.model_spec(problem), config.seed, config.dense.weights,
+                                config.dense.train is not False, model)
+    return problem, total_parameters, reference
+
+
+def inspect(config: SearchConfig | Mapping[str, Any] | str | Path, problem: Problem | None = None, *,
+            overrides: list[str] = (), model: nn.Module | None = None):
+    """What a search of ``config`` can prune in its model, before any search: layers, unit groups (and the
+    refused ones, with why), heads, where each strategy applies, one trial's measured cost
+    (:class:`automtl.inspection.Inspection`). Refuses what the search refuses, with the same messages.
+
+    Example:
+        >>> import automtl
+        >>> problem = automtl.get_problem("multidigits", train_pairs=600, eval_pairs=200)
+        >>> found = automtl.inspect({"pruning": {"strategies": {"activation": None}}}, problem)
+        >>> sorted(g.root for g in found.groups), found.strategies["activation"]
+        (['trunk.1', 'trunk.3'], '384 units in 2 groups')
+    """
+    from automtl import inspection
+
+    config = config_mod.coerce(config, list(overrides))
+    problem, _, reference = _checked(config, problem, model)
+    if reference is not None:
+        described = f"given ({reference.source}{f' {reference.path}' if reference.path else ''}, digest {reference.digest[:12]})"
+        network = reference.model
+    else:
+        described = f"trained by automtl at the search's start ({config.dense.epochs} epochs); shown untrained"
+        network = problem.build_model(config.model_spec(problem)).eval()
+    return inspection.inspect(config, problem, network, described)
+
+
 def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_parameters: int,
                   reference: dense_mod.DenseModel | None) -> optuna.Study:
     """A new study in the run directory, with its objectives and dense reference described and enqueued
@@ -171,7 +209,7 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
     attrs = {"objectives": [o.name for o in declared], "directions": [o.direction for o in declared],
              "objective_specs": objectives.to_attrs(declared), "tasks": problem.task_names,
              "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12],
-             DENSE_REFERENCE: reference.record() if reference else {"source": "trained"}}
+             records.DENSE_REFERENCE: reference.record() if reference else {"source": "trained"}}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for plan in [*config.seed_plans(problem.task_names), *config.enqueue]:
@@ -181,14 +219,11 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
     return study
 
 
-DENSE_REFERENCE = "dense_reference"
-
-
 def _resumed_reference(study: optuna.Study, run: RunDir, config: SearchConfig, problem: Problem,
                        reference: dense_mod.DenseModel | None) -> dense_mod.DenseModel | None:
     """On ``--resume``: the dense reference the study was started with (None: automtl trained it), refusing
     given weights whose digest differs from the recorded one."""
-    recorded = study.user_attrs.get(DENSE_REFERENCE) or {"source": "trained"}  # studies from before: trained
+    recorded = records.dense_reference(study.user_attrs)
     if recorded["source"] == "trained":
         if reference is not None:
             raise UserError(f"--resume: {run.path} was started with a dense model automtl trained; it cannot go "
@@ -284,11 +319,7 @@ def search(
         config = config.model_copy(update={"problem": config_mod.ProblemConfig.given(problem)})
     run = RunDir(run_dir or Path("runs") / config.name)
     config = _prepare_run_dir(config, run, resume)
-    problem = problem if given else config.build_problem()
-    config.check(problem.task_names)
-    total_parameters = _check_model(config, problem)
-    reference = dense_mod.given(problem, config.model_spec(problem), config.seed, config.dense.weights,
-                                config.dense.train is not False, model)
+    problem, total_parameters, reference = _checked(config, problem, model)
     backend = get_backend(config.backend.name)
     backend.preflight(config)
     if given and not problem.in_memory and not backend.ships_datasets(config):
@@ -372,13 +403,16 @@ def sync_mlflow(run_dir: str | Path) -> dict:
 
 def export(run_dir: str | Path, out_dir: str | Path, *, trial: int | None = None, pick: str | None = None,
            require: list[str] = (), formats: list[str] | None = None, quantize: str | None = None,
-           register: str | None = None, alias: str = "candidate", problem: Problem | None = None):
+           register: str | None = None, alias: str = "candidate", problem: Problem | None = None,
+           onnx_tolerance: float | None = None):
     """Export one trial of a run as a genuinely smaller model into the new folder ``out_dir``.
 
     The trial is ``trial``, or the Pareto point ``pick`` (``knee`` by default, ``sparsest``,
     ``best-<task>``) among those meeting ``require`` (``left>=0.9``). ``formats`` are names from
-    :data:`automtl.formats.WRITERS` (all by default). Pass ``problem`` when the search was given a
-    Problem object. Returns the folder and ``card.json``'s contents.
+    :data:`automtl.formats.WRITERS` (all by default). ``onnx_tolerance`` is how far onnxruntime may differ
+    from PyTorch, as a share of each task's output scale (default :data:`automtl.formats.ONNX_TOLERANCE`).
+    Pass ``problem`` when the search was given a Problem object. Returns the folder and ``card.json``'s
+    contents.
 
     Example:
         >>> import automtl
@@ -390,7 +424,8 @@ def export(run_dir: str | Path, out_dir: str | Path, *, trial: int | None = None
     from automtl import exporting
 
     return exporting.export(run_dir, out_dir, trial, pick, list(require), formats or list(exporting.FORMATS),
-                            quantize, register, alias, problem)
+                            quantize, register, alias, problem,
+                            exporting.ONNX_TOLERANCE if onnx_tolerance is None else onnx_tolerance)
 
 
 def load_study(run_dir: str | Path) -> optuna.Study:

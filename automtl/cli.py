@@ -32,7 +32,7 @@ from automtl.objectives import Objective, task_objectives
 from automtl.config import DEVICES, read_yaml
 from automtl.backends import BACKENDS
 from automtl.errors import UserError
-from automtl.formats import QUANTIZE, WRITERS
+from automtl.formats import ONNX_TOLERANCE, QUANTIZE, WRITERS
 from automtl.problems import PROBLEMS
 from automtl.pruning import STRATEGIES
 from automtl.train import TrainConfig
@@ -109,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         table.add_row(task, objective.name.split(".")[0], objective.format(value), objective.format(report.val_metrics[task]))
     console.print(table)
     source = "cache" if report.cached else f"trained in {report.train_seconds:.1f}s"
-    console.print(f"{report.parameters:,} parameters; checkpoint {report.checkpoint} ({source})")
+    console.print(f"{report.parameters:,} parameters; checkpoint {report.checkpoint} ({source}); search from it "
+                  f"with `dense: {{weights: {report.checkpoint}}}`", soft_wrap=True)
 
 
 def _front_table(rows: list[dict], objectives: list[Objective], title: str) -> Table:
@@ -179,6 +180,42 @@ def cmd_search(args: argparse.Namespace) -> None:
                   + f"; run directory {summary.run_dir}", soft_wrap=True)
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    with err_console.status("tracing the model, timing one trial…"):
+        found = api.inspect(args.config, overrides=list(args.set))
+    if args.json:
+        print(json.dumps(found.as_dict()))
+        return
+    console.print(f"[bold]{found.model}[/] on {found.problem} (tasks {', '.join(found.tasks)}): "
+                  f"{found.parameters:,} parameters, {found.flops:,} FLOPs per input; dense model {found.dense}",
+                  soft_wrap=True)
+    layers = Table("layer", "type", "weight", "parameters", "", title="prunable layers")
+    for layer in found.layers:
+        layers.add_row(layer.name, layer.type, "x".join(map(str, layer.weight_shape)), f"{layer.parameters:,}",
+                       "task head" if layer.head else "")
+    console.print(layers)
+    groups = Table("group", "units", "produced by", "BatchNorm", "read by", title="removable unit groups")
+    for group in found.groups:
+        groups.add_row(group.root, f"{group.units} {group.unit}s", ", ".join(group.producers),
+                       ", ".join(group.norms), ", ".join(group.readers))
+    console.print(groups)
+    for root, why in found.refused.items():
+        console.print(f"[yellow]refused[/] {root}: {why}", soft_wrap=True)
+    if found.untraceable:
+        console.print(f"[yellow]no structured pruning[/]: Torch-Pruning cannot trace the model ({found.untraceable})",
+                      soft_wrap=True)
+    strategies = Table("strategy", "applies to", title="configured strategies")
+    for name, where in found.strategies.items():
+        strategies.add_row(name, where)
+    console.print(strategies)
+    cost = found.trial
+    console.print(f"one trial (each strategy at the middle of its range, {cost.sparsity:.1%} sparsity): pruning "
+                  f"{cost.prune_seconds:.2f} s, {cost.seconds_per_batch * 1000:.1f} ms per fine-tune batch x "
+                  f"{cost.batches_per_epoch} batches x {cost.epochs} epochs, evaluation {cost.eval_seconds:.2f} s: "
+                  f"about {cost.estimated_seconds:.1f} s; its weights take {cost.weights_bytes / 2**20:.2f} MiB",
+                  soft_wrap=True)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     status = api.status(args.run_dir)
     if args.json:
@@ -227,7 +264,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     with err_console.status("exporting…"):
         result = api.export(args.run_dir, args.output, trial=args.trial, pick=args.pick, require=args.require,
-                            formats=formats, quantize=args.quantize, register=args.register, alias=args.alias)
+                            formats=formats, quantize=args.quantize, register=args.register, alias=args.alias,
+                            onnx_tolerance=args.onnx_tolerance)
     card = result.card
     params, files = card["parameters"], card["files"]
     table = Table("", "dense", "exported", title=f"trial {card['trial']} → {result.out_dir}")
@@ -255,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=help_text).add_argument("--json", action="store_true")
         sub.choices[name].set_defaults(func=func)
     _add_search(sub)
+    p = sub.add_parser("inspect", help="what a search-space file's model can prune, before any search")
+    p.add_argument("config", help="search-space YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    p.add_argument("--json", action="store_true", help="print the inspection as JSON")
+    p.set_defaults(func=cmd_inspect)
     _add_views(sub)
     _add_export(sub)
     _add_train(sub)
@@ -318,6 +361,9 @@ def _add_export(sub) -> None:
     p.add_argument("--format", default=",".join(WRITERS),
                    help=f"comma-separated, from {', '.join(WRITERS)} (default: all)")
     p.add_argument("--quantize", choices=QUANTIZE, help="also write a dynamically quantised ONNX model")
+    p.add_argument("--onnx-tolerance", type=float, default=ONNX_TOLERANCE, metavar="SHARE",
+                   help="how far onnxruntime may differ from PyTorch, as a share of each task's output scale "
+                        f"(default {ONNX_TOLERANCE:g})")
     p.add_argument("--register", metavar="NAME", help="register the ONNX model in MLflow under NAME")
     p.add_argument("--alias", default="candidate", help="alias of the registered version (default candidate)")
     p.add_argument("-o", "--output", required=True, help="a new (or empty) output folder")

@@ -64,7 +64,7 @@ class DenseModel:
         return self.source != "trained"
 
     def record(self) -> dict:
-        """What the study keeps of it (``dense_reference``)."""
+        """What the study keeps of it (:func:`automtl.records.dense_reference`)."""
         return {"source": self.source, "digest": self.digest, "path": str(self.path) if self.path else None}
 
 

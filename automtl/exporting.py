@@ -5,12 +5,15 @@
 2. **Shrink**: physically remove every unit that is empty, silent or unheard
    (:mod:`automtl.pruning.shrink`), as whole dependency groups — a channel with
    its BatchNorm, the channels tied to it by residual adds and the weights
-   reading it — then compare the shrunk model with the trial's on the whole
-   test split (outputs within 1e-4 + 1e-4·|value|, every task metric within
-   0.1 point) and refuse, writing nothing, if they differ.
+   reading it, or an attention head — then compare the shrunk model with the
+   trial's on the whole test split (outputs within 1e-4 + 1e-4·|value|, every
+   task metric within 0.1 point) and refuse, writing nothing, if they differ.
+   A group that cannot be removed exactly stays whole and is named, with the
+   reason, under ``kept_whole`` on the card; the others still shrink.
 3. Write each asked-for format (:mod:`automtl.formats`: ONNX checked against
-   PyTorch, ``torch.export``, dense and sparse safetensors, optional int8 ONNX)
-   and ``card.json`` with everything measured; time every runtime side by side.
+   PyTorch within ``onnx_tolerance`` of each task's output scale,
+   ``torch.export``, dense and sparse safetensors, optional int8 ONNX) and
+   ``card.json`` with everything measured; time every runtime side by side.
 
 The output folder is assembled in a temporary sibling and renamed into place
 at the end, so a failed export leaves nothing half-written.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -35,13 +39,13 @@ from torch import nn
 from automtl import checkpoints, pareto, tracking
 from automtl.config import SearchConfig
 from automtl.errors import UserError
-from automtl.formats import QUANTIZE, WRITERS, Exported, Written, write
+from automtl.formats import ONNX_TOLERANCE, QUANTIZE, WRITERS, Exported, Written, write
 from automtl.measure import flops, latencies_ms, parameters
 from automtl.models import task_outputs
-from automtl.objectives import metric_names, of_study
+from automtl.objectives import dense_metrics, metric_names, of_study
 from automtl.problems import Problem
 from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, ShrinkReport, compare, shrink
-from automtl.records import TrialRecord
+from automtl.records import TrialRecord, dense_reference
 from automtl.rundir import RunDir
 from automtl.train import evaluate, predict
 
@@ -90,11 +94,16 @@ def shrink_exactly(model: nn.Module, problem: Problem, batch_size: int = 1024) -
     return report, worst
 
 
-def _check_request(out_dir: Path, formats: list[str], quantize: str | None, register: str | None) -> Path:
+def _check_request(out_dir: Path, formats: list[str], quantize: str | None, register: str | None,
+                   onnx_tolerance: float) -> Path:
     """Refuse what cannot be exported before any work; returns the folder the output is staged in."""
     bad = sorted(set(formats) - set(FORMATS))
     if bad or not formats:
         raise UserError(f"--format {','.join(formats)}: allowed formats are {','.join(FORMATS)}")
+    if isinstance(onnx_tolerance, bool) or not isinstance(onnx_tolerance, (int, float)) \
+            or not math.isfinite(onnx_tolerance) or onnx_tolerance < 0:
+        raise UserError(f"--onnx-tolerance {onnx_tolerance!r}: must be a finite number >= 0 (default "
+                        f"{ONNX_TOLERANCE:g}, a share of each task's output scale)")
     if quantize not in (None, *QUANTIZE):
         raise UserError(f"--quantize {quantize!r}: allowed: {', '.join(QUANTIZE)}")
     if quantize and "onnx" not in formats:
@@ -110,7 +119,7 @@ def _check_request(out_dir: Path, formats: list[str], quantize: str | None, regi
 
 
 def _prepare(run: RunDir, config: SearchConfig, chosen: FrozenTrial, problem: Problem | None,
-             quantize: str | None) -> tuple[Exported, dict]:
+             quantize: str | None, onnx_tolerance: float) -> tuple[Exported, dict]:
     """Load and shrink the chosen trial's model; what the writers share, and the card's measurements."""
     model, problem = load_trial_model(run, chosen, problem)
     dense = problem.build_model(problem.default_model.override(**config.model.overrides())).eval()
@@ -134,7 +143,7 @@ def _prepare(run: RunDir, config: SearchConfig, chosen: FrozenTrial, problem: Pr
                          "exported_pytorch": evaluate(model, problem, problem.test, config.data.batch_size)},
         "latency_batch": LATENCY_BATCH,
     }
-    return Exported(model, dense, problem, sample, config.data.batch_size, source, quantize), card
+    return Exported(model, dense, problem, sample, config.data.batch_size, source, quantize, onnx_tolerance), card
 
 
 def _write(exported: Exported, card: dict, formats: list[str], staging: Path) -> None:
@@ -155,15 +164,19 @@ def _write(exported: Exported, card: dict, formats: list[str], staging: Path) ->
 
 def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, pick: str | None = None,
            constraints: list[str] = (), formats: list[str] = FORMATS, quantize: str | None = None,
-           register: str | None = None, alias: str = "candidate", problem: Problem | None = None) -> ExportResult:
-    """Choose, shrink, write and measure; see the module docstring."""
+           register: str | None = None, alias: str = "candidate", problem: Problem | None = None,
+           onnx_tolerance: float = ONNX_TOLERANCE) -> ExportResult:
+    """Choose, shrink, write and measure; see the module docstring. ``onnx_tolerance``: how far onnxruntime
+    may differ from PyTorch, as a share of each task's output scale (:data:`automtl.formats.ONNX_TOLERANCE`)."""
     run, out_dir = RunDir(run_dir).require(), Path(out_dir)
-    parent = _check_request(out_dir, list(formats), quantize, register)
+    parent = _check_request(out_dir, list(formats), quantize, register, onnx_tolerance)
     study = run.load_study()
     chosen = pareto.choose(study, trial, pick, list(constraints))
     config = run.load_config()
-    exported, card = _prepare(run, config, chosen, problem, quantize)
+    exported, card = _prepare(run, config, chosen, problem, quantize, onnx_tolerance)
     card["metric_names"] = metric_names(of_study(study))
+    card["dense_reference"] = dense_reference(study.user_attrs)
+    card["test_metrics"]["dense"] = dense_metrics(study.user_attrs)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
         _write(exported, card, list(formats), staging)

@@ -29,6 +29,13 @@ STOPPED_AT = "stopped_at"  # fine-tune epochs after which a rung stopped the tri
 COMPUTE_SECONDS = "compute_seconds"  # pruning + fine-tuning + evaluation (a stopped trial's: until it stopped)
 RUNGS = "rungs"  # {str(epochs): objective values} at each rung the trial was judged
 LEGACY_KEYS = {"metrics": "accuracy", "test_metrics": "test_accuracy"}  # names before tasks had metric names
+DENSE_REFERENCE = "dense_reference"  # study attribute: where the dense reference came from (DenseModel.record())
+
+
+def dense_reference(study_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's dense reference ``{source, digest, path}`` (studies from before weights could be given:
+    ``{"source": "trained"}``)."""
+    return study_attrs.get(DENSE_REFERENCE) or {"source": "trained"}
 
 
 @dataclass(frozen=True)

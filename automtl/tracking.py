@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automtl.objectives import STRUCTURAL, Objective, metric_names, of_attrs, of_study
-from automtl.records import TrialRecord
+from automtl.records import TrialRecord, dense_reference
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -242,8 +242,7 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
                   "strategies": ", ".join(config.pruning.strategies), "order": config.pruning.order,
                   "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(attrs["objectives"]),
                   "fine_tune": f"{config.fine_tune.optimizer.name}, {config.fine_tune.schedule}"}
-        reference = attrs.get("dense_reference") or {"source": "trained"}
-        params |= {f"dense.{key}": value for key, value in reference.items() if value is not None}
+        params |= {f"dense.{key}": value for key, value in dense_reference(attrs).items() if value is not None}
         client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
     for key, value in {"mlflow_uri": uri, "mlflow_experiment": name, "mlflow_experiment_id": experiment_id,
                        "mlflow_parent_run_id": parent}.items():

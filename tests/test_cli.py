@@ -39,6 +39,8 @@ def test_train_prints_per_task_metrics_and_reuses_cache(tmp_path, capsys):
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["cached"] and second["metrics"] == first["metrics"]
+    assert main(args[:-1]) == 0
+    assert f"`dense: {{weights: {first['checkpoint']}}}`" in capsys.readouterr().out.replace("\n", "")
 
 
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path):

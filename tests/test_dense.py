@@ -78,6 +78,7 @@ def test_given_weights_are_the_dense_reference_and_every_pareto_trial_exports_ex
         card = export(run_dir, tmp_path / f"export-{trial.number}", trial=trial.number,
                       formats=["onnx", "safetensors"]).card
         assert card["shrunk_vs_trial_max_abs_diff"] <= 1e-4
+        assert card["dense_reference"] == reference and card["test_metrics"]["dense"] == metrics["test"]
         assert card["test_metrics"]["exported_onnx"] == pytest.approx(trial.result.test_metrics, abs=1e-3)
 
 

@@ -1,6 +1,7 @@
 """Exporting a trial as a physically smaller model, checked with onnxruntime."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
-from tests.fixtures.zoo import search_space
+from tests.fixtures.zoo import ZOO, search_space
 from tests.test_search import FAST, SMOKE
 from tests.test_tracking import cli
 
@@ -41,7 +42,7 @@ def test_exported_onnx_reproduces_the_trial_and_is_physically_smaller(searched):
     assert TrialRecord.from_trial(trial).result.empty_units > 0 and card["removed_units"] > 0
     assert card["parameters"]["exported"] < card["parameters"]["dense"]
     assert card["flops"]["exported"] < card["flops"]["dense"]
-    assert card["onnx_vs_pytorch"]["max_abs_diff"] < 1e-4  # export refuses anything beyond allclose(1e-5, 1e-5)
+    assert card["onnx_vs_pytorch"]["max_diff_vs_scale"] <= 1e-4  # export refuses anything beyond 1e-4 of the scale
     # Re-evaluate the ONNX file ourselves on the test split.
     problem = problem_for(searched)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -235,4 +236,91 @@ def test_an_export_that_would_change_the_model_is_refused_and_writes_nothing(sea
     monkeypatch.setattr(export_mod, "shrink", careless)
     with pytest.raises(UserError, match=r"export refused: removing the unused units of \['trunk.1'\] changes the model"):
         export_mod.export(searched / "runs" / "smoke", tmp_path / "out", trial=0, formats=["onnx"])
+    assert list(tmp_path.iterdir()) == []
+
+
+ARCHITECTURES = ["vit_style", "mobilenetv2_style", "efficientnet_style"]  # attention, inverted residuals, SE
+
+
+def _architecture_space(model: str) -> str:
+    tasks = ["left", "right", *(["ink"] if ZOO[model][1] else [])]
+    return search_space(
+        "zoo_digits", {"model": model, "train_pairs": 600, "eval_pairs": 150}, name=model, seed=0,
+        dense={"epochs": 2}, fine_tune={"epochs": 1},
+        pruning={"strategies": {"activation": {"low": 0.2, "high": 0.8}, "stability": {"low": 0.1, "high": 0.5},
+                                "magnitude": {"low": 0.0, "high": 0.5}}, "calibration_size": 128},
+        loss_weights={"method": "simplex"}, objectives=["sparsity", "accuracy", "flops"],
+        sampler={"name": "tpe", "startup_trials": 3}, tracking={"enabled": False}, trials=3,
+        enqueue=[{"order": ["activation", "magnitude"], "thresholds": {"activation": 0.6, "magnitude": 0.3},
+                  "loss_weights": {task: 1 / len(tasks) for task in tasks}}])
+
+
+@pytest.fixture(scope="module")
+def architecture_searches(tmp_path_factory):
+    """A three-trial search on each architecture laid out like torchvision's / timm's."""
+    cwd = tmp_path_factory.mktemp("architectures")
+    for model in ARCHITECTURES:
+        (cwd / f"{model}.yaml").write_text(_architecture_space(model))
+        cli(cwd, "search", cwd / f"{model}.yaml", "--run-dir", f"runs/{model}", "--json")
+    return cwd / "runs"
+
+
+@pytest.mark.parametrize("model", ARCHITECTURES)
+def test_every_pareto_trial_of_a_torchvision_or_timm_style_search_exports_with_onnx(architecture_searches, model,
+                                                                                     tmp_path, monkeypatch):
+    from automtl import pareto
+    from automtl.exporting import export
+
+    monkeypatch.setattr("automtl.exporting.LATENCY_BATCH", 64)
+    run = architecture_searches / model
+    front = pareto.front(RunDir(run).load_study())
+    assert front
+    for trial in front:
+        card = export(run, tmp_path / f"t{trial.number}", trial=trial.number,
+                      formats=["onnx", "torchscript", "sparse"]).card
+        record = TrialRecord.from_trial(trial).result
+        assert card["onnx_vs_pytorch"]["max_diff_vs_scale"] <= card["onnx_vs_pytorch"]["tolerance"] == 1e-4
+        assert card["removed_units"] >= record.empty_units, card["kept_whole"]
+        for task, value in card["test_metrics"]["exported_onnx"].items():
+            assert value == pytest.approx(record.test_metrics[task], abs=1e-3)
+        assert trial.values[-1] == card["flops"]["exported"], "the flops objective is the exported model's"
+    assert any(TrialRecord.from_trial(t).result.empty_units > 0 for t in front)
+
+
+def _perturbed_sessions(monkeypatch, share: float):
+    """onnxruntime sessions whose outputs are off by ``share`` of each output's scale."""
+    from automtl.formats import onnx as onnx_format
+
+    real = onnx_format.session
+
+    class Off:
+        def __init__(self, path):
+            self.inner = real(path)
+
+        def run(self, names, feed):
+            return [out + share * np.abs(out).max() for out in self.inner.run(names, feed)]
+
+    monkeypatch.setattr(onnx_format, "session", Off)
+
+
+def test_onnx_is_checked_relative_to_the_output_scale_and_the_tolerance_is_configurable(zoo, tmp_path, monkeypatch):
+    from automtl.errors import UserError
+    from automtl.formats.onnx import check
+
+    problem, model = zoo("resnet18_style")
+    _perturbed_sessions(monkeypatch, 5e-5)  # what float32 through BatchNorm folding gave on real networks
+    checked = check(model, problem, tmp_path / "a.onnx")
+    assert checked["max_diff_vs_scale"] == pytest.approx(5e-5, rel=0.05) and checked["tolerance"] == 1e-4
+    with pytest.raises(UserError, match=r"ONNX outputs differ from PyTorch by up to .* of the output scale\), beyond "
+                                        r"\|onnx - pytorch\| <= 1e-05 x"):
+        check(model, problem, tmp_path / "b.onnx", tolerance=1e-5)
+
+
+def test_a_bad_onnx_tolerance_is_refused_before_any_work(searched, tmp_path):
+    from automtl.errors import UserError
+    from automtl.exporting import export
+
+    for bad in (-1e-4, math.nan, "0.1"):
+        with pytest.raises(UserError, match="--onnx-tolerance .* must be a finite number >= 0"):
+            export(searched / "runs" / "smoke", tmp_path / "out", trial=0, formats=["onnx"], onnx_tolerance=bad)
     assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,9 @@
 import copy
+import dataclasses
 import logging
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from automtl.pruning.groups import drop_unheard
 from automtl.pruning import pipeline
 from automtl.pruning.pipeline import measure
 from automtl.pruning.activations import unit_activations
-from automtl.pruning.layers import discover, effective, present
+from automtl.pruning.layers import discover, effective, make_permanent, present
 from automtl.train import TrainConfig, fit
 from tests.fixtures.zoo import ZOO
 
@@ -229,12 +232,13 @@ def test_units_nothing_reads_lose_their_weights_and_the_outputs_stay_the_same(zo
     inputs = problem.val.inputs[:64]
     with in_mode(model, False):
         before = task_outputs(model(inputs), problem.task_names)
-        sparsity = measure(model, ctx).sparsity
+        nonzero = measure(model, ctx).nonzero_parameters
         dropped = drop_unheard(ctx.groups)
         after = task_outputs(model(inputs), problem.task_names)
     assert all(torch.equal(before[t], after[t]) for t in before), "a unit nothing reads changes no output"
     assert drop_unheard(ctx.groups) == 0, "it cascades until none is left to drop"
-    assert (measure(model, ctx).sparsity > sparsity) == (dropped > 0)
+    # (only BatchNorm entries may go: a unit whose weight rows are already zero)
+    assert (measure(model, ctx).nonzero_parameters < nonzero) == (dropped > 0)
     if name == "mlp":
         assert dropped > 0
 
@@ -303,7 +307,7 @@ def test_a_model_torch_pruning_cannot_trace_keeps_the_unstructured_strategies(zo
     def untraceable(*_args):
         raise RuntimeError("unsupported operator aten::weird")
 
-    monkeypatch.setattr("automtl.pruning.base.find_groups", untraceable)
+    monkeypatch.setattr("automtl.pruning.base.removable_groups", untraceable)
     ctx = PruneContext.create(model, problem, calibration_size=64)
     assert ctx.untraceable == "RuntimeError: unsupported operator aten::weird"
     with pytest.raises(UserError, match=r"cannot trace this model \(RuntimeError: unsupported operator aten::weird\).*"
@@ -347,18 +351,31 @@ class GroupedConvNet(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-def test_grouped_convolutions_are_left_whole_by_structured_strategies_and_export(zoo):
+def test_a_grouped_convolutions_units_are_channel_positions_in_every_group(zoo):
     from automtl.pruning.shrink import shrink
 
     problem, _ = zoo("mlp")
-    model = GroupedConvNet()
+    torch.manual_seed(0)
+    model = GroupedConvNet().eval()
     ctx = PruneContext.create(model, problem, calibration_size=64)
-    assert ctx.groups == [] and all("grouped" in why for why in ctx.refused.values()), ctx.refused
+    assert {g.name: g.units for g in ctx.groups} == {"conv": 4, "grouped": 4} and not ctx.refused
+    conv = next(g for g in ctx.groups if g.name == "conv")
+    assert conv.root_channels([2]) == [2, 6], "channel 2 of each of the two groups"
+    x = problem.val.inputs[:32]
     with torch.no_grad():
-        model.conv.weight[2] = 0
+        model.conv.weight[2] = 0  # one group's channel only: the groups would differ in size
         model.conv.bias[2] = 0
-    report = shrink(model.eval(), problem.val.inputs[:32], problem.task_names)
-    assert report.removed == {} and model.grouped.weight.shape == (8, 4, 3, 3)
+    assert shrink(copy.deepcopy(model), x, problem.task_names).removed == {}
+    with torch.no_grad():
+        model.conv.weight[6] = 0
+        model.conv.bias[6] = 0
+        before = model(x)
+    report = shrink(model, x, problem.task_names)
+    assert report.removed == {"conv": 1} and model.grouped.weight.shape == (8, 3, 3, 3)
+    with torch.no_grad():
+        after = model(x)
+    for task in before:
+        torch.testing.assert_close(after[task], before[task])
 
 
 def test_shrinking_a_model_torch_pruning_cannot_trace_removes_nothing(zoo, monkeypatch):
@@ -369,3 +386,130 @@ def test_shrinking_a_model_torch_pruning_cannot_trace_removes_nothing(zoo, monke
     monkeypatch.setattr("automtl.pruning.shrink.find_groups", lambda *_: (_ for _ in ()).throw(RuntimeError("no")))
     report = shrink(model, problem.val.inputs[:32], problem.task_names)
     assert report.removed == {} and "cannot trace" in report.kept_whole["model"]
+
+
+def _shrunk(model, problem):
+    """A shrunk copy of the (masks baked) ``model`` and its report."""
+    from automtl.pruning.shrink import shrink
+
+    shrunk = copy.deepcopy(model).eval()
+    make_permanent(shrunk)
+    return shrunk, shrink(shrunk, problem.val.inputs[:128], problem.task_names)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("strategy", STRUCTURED)
+def test_every_zoo_model_pruned_by_a_structured_strategy_shrinks_to_the_same_outputs(zoo, name, strategy):
+    problem, model, ctx = fresh(zoo, name)
+    apply(model, [(strategy, grid(strategy, (0.5,))[0])], ctx)
+    empty = sum(int(group.empty().sum()) for group in ctx.groups)
+    shrunk, report = _shrunk(model, problem)
+    assert not set(report.removed) & set(ctx.refused), "a refused group lost units"
+    assert report.removed_units >= empty, f"every empty unit goes: {report.kept_whole}"
+    assert (sum(p.numel() for p in shrunk.parameters()) < sum(p.numel() for p in model.parameters())) == (empty > 0)
+    inputs = problem.test.inputs[:128]
+    with torch.no_grad(), in_mode(model, False):
+        expected, got = task_outputs(model(inputs), problem.task_names), task_outputs(shrunk(inputs), problem.task_names)
+    for task in problem.task_names:
+        torch.testing.assert_close(got[task], expected[task], atol=1e-4, rtol=1e-4)
+
+
+def test_attention_heads_are_units_removed_whole_and_the_module_keeps_its_head_count(zoo, tmp_path):
+    from automtl import formats, load_pruned
+    from automtl.formats import Exported
+
+    problem, model, ctx = fresh(zoo, "vit_headwise_style")
+    heads = next(g for g in ctx.groups if g.name == "blocks.0.attn.qkv")
+    assert heads.heads is not None and heads.units == 3
+    assert {(m.name, m.role, len(m.index)) for m in heads.members} == {("blocks.0.attn.qkv", "out", 72),
+                                                                       ("blocks.0.attn.proj", "in", 24)}
+    remove = torch.tensor([False, True, False])
+    assert heads.remove(remove, "test") == 1
+    qkv = effective(model.blocks[0].attn.qkv).view(3, 3, 8, 24)  # (q/k/v, head, head_dim, in)
+    assert qkv[:, 1].eq(0).all() and qkv[:, [0, 2]].ne(0).any(-1).all(), "q, k and v rows of head 1 only"
+    assert effective(model.blocks[0].attn.proj)[:, 8:16].eq(0).all()
+    inputs = problem.test.inputs[:64]
+    with torch.no_grad():
+        expected = model.eval()(inputs)
+    shrunk, report = _shrunk(model, problem)
+    assert report.removed["blocks.0.attn.qkv"] == 1 and shrunk.blocks[0].attn.num_heads == 2
+    assert shrunk.blocks[0].attn.qkv.out_features == 48 and shrunk.blocks[0].attn.proj.in_features == 16
+    with torch.no_grad():
+        got = shrunk(inputs)
+    for task in problem.task_names:
+        torch.testing.assert_close(got[task], expected[task], atol=1e-5, rtol=1e-5)
+    rebuildable = dataclasses.replace(problem, model_factory=lambda _spec: ZOO["vit_headwise_style"][2](problem))
+    formats.write("sparse", Exported(shrunk, model, problem, inputs, 64, {"model": {}}), tmp_path)
+    restored = load_pruned(tmp_path, rebuildable)
+    assert [block.attn.num_heads for block in restored.blocks] == [2, 3]
+    with torch.no_grad():
+        loaded = restored(inputs)
+    for task in problem.task_names:
+        assert torch.equal(loaded[task], got[task])
+
+
+def test_heads_of_an_attention_reshaping_to_its_input_width_are_refused_but_its_mlp_is_pruned(zoo):
+    problem, model, ctx = fresh(zoo, "vit_style")  # timm's Attention: reshape(B, N, C)
+    assert {g.name for g in ctx.groups} == {"blocks.0.mlp.fc1", "blocks.1.mlp.fc1"}
+    for block in ("blocks.0", "blocks.1"):
+        assert "reshape(B, N, -1)" in ctx.refused[f"{block}.attn.qkv"], ctx.refused
+    assert "LayerNorm" in ctx.refused["blocks.1.mlp.fc2"], "the residual stream runs through LayerNorms"
+    assert apply(model, [("activation", 0.5)], ctx).empty_units > 0
+
+
+def test_torchvisions_multihead_attention_is_left_whole_and_its_mlp_pruned(zoo):
+    from tests.fixtures.zoo import EncoderBlock, ViTStyle
+
+    problem, _ = zoo("vit_style")
+    torch.manual_seed(0)
+    model = ViTStyle(problem, block=EncoderBlock)
+    fit(model, problem, TrainConfig(epochs=1, lr=3e-3), seed=0)
+    ctx = PruneContext.create(model, problem, calibration_size=128)
+    assert {g.name for g in ctx.groups} == {"blocks.0.mlp.0", "blocks.1.mlp.0"} and ctx.refused
+    ctx.require(model, ["activation", "magnitude"])
+    apply(model, [("activation", 0.5), ("magnitude", 0.3)], ctx)
+    shrunk, report = _shrunk(model, problem)
+    assert report.removed_units > 0 and set(report.removed) <= {"blocks.0.mlp.0", "blocks.1.mlp.0"}
+    inputs = problem.test.inputs[:64]
+    with torch.no_grad():
+        expected, got = model.eval()(inputs), shrunk(inputs)
+    for task in problem.task_names:
+        torch.testing.assert_close(got[task], expected[task], atol=1e-4, rtol=1e-4)
+
+
+def test_channels_behind_a_channel_shuffle_are_refused_and_the_branches_inner_channels_kept(zoo):
+    problem, model, ctx = fresh(zoo, "shufflenet_style")
+    assert {"stage2.0.branch2.3", "stage2.1.branch2.3"} <= {g.name for g in ctx.groups}
+    assert any("channel shuffle" in why for why in ctx.refused.values()), ctx.refused
+
+
+def test_a_shufflenet_torch_pruning_cannot_trace_refuses_structured_strategies_and_exports_unstructured(zoo):
+    from automtl.formats.onnx import check
+    from tests.fixtures.zoo import ShuffleNetStyle
+
+    problem, _ = zoo("shufflenet_style")
+    torch.manual_seed(0)
+    model = ShuffleNetStyle(problem, units=3)  # two shuffles in a row, as in every real ShuffleNetV2 stage
+    ctx = PruneContext.create(model, problem, calibration_size=64)
+    assert ctx.untraceable and not ctx.groups
+    with pytest.raises(UserError, match=r"cannot trace this model.*channel shuffle.*unstructured ones \['global"):
+        ctx.require(model, ["activation", "magnitude"])
+    ctx.require(model, ["magnitude", "taylor"])
+    assert apply(model, [("magnitude", 0.5), ("taylor", 0.3)], ctx).sparsity > 0.3
+    shrunk, report = _shrunk(model, problem)
+    assert report.removed == {} and "cannot trace" in report.kept_whole["model"]
+    assert check(shrunk, problem, Path(tempfile.mkdtemp()) / "model.onnx")["max_diff_vs_scale"] <= 1e-4
+
+
+def test_a_group_whose_cut_fails_stays_whole_and_the_others_still_shrink(zoo):
+    problem, trained = zoo("vit_style")
+    model = copy.deepcopy(trained).eval()
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight.view(3, 3, 8, 24)[:, 0] = 0  # head 0 of block 0: every row zero
+        model.blocks[0].attn.qkv.bias.view(3, 3, 8)[:, 0] = 0
+        model.blocks[1].mlp.fc1.weight[:5] = 0
+        model.blocks[1].mlp.fc1.bias[:5] = 0
+    shrunk, report = _shrunk(model, problem)
+    assert report.removed == {"blocks.1.mlp.fc1": 5}
+    assert "removing its units fails (RuntimeError" in report.kept_whole["blocks.0.attn.qkv"]
+    assert shrunk.blocks[1].mlp.fc1.out_features == 43 and shrunk.blocks[0].attn.qkv.out_features == 72

@@ -26,7 +26,7 @@ from automtl.problems import Problem
 FILE = "model.sparse.safetensors"
 FORMAT = "automtl.sparse/1"
 # Module attributes that shrinking changes; stored per module so the rebuilt model has the same sizes.
-SIZE_ATTRIBUTES = ("in_features", "out_features", "in_channels", "out_channels", "num_features", "groups",
+SIZE_ATTRIBUTES = ("in_features", "out_features", "in_channels", "out_channels", "num_features", "groups", "num_heads",
                    "normalized_shape", "num_embeddings", "embedding_dim")
 VALUES, BITMAP = "::values", "::bitmap"
 

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from automtl.errors import UserError
 from automtl.problems.base import Problem, Split
-from automtl.pruning.groups import UnitGroup, find_groups
+from automtl.pruning.groups import UnitGroup
 from automtl.pruning.layers import PRUNABLE, Layer, discover
+from automtl.pruning.shrink import removable_groups
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ class PruneContext:
 
     ``aggregate`` combines per-task scores (``max`` keeps what any task needs);
     ``heads`` says whether output layers' weights may be pruned (their units,
-    the classes, never are). ``groups`` are the removable unit groups;
-    ``refused`` names the coupled layers that are not removable and why, and
+    the classes, never are). ``groups`` are the removable unit groups (each checked to be cut exactly,
+    :func:`~automtl.pruning.shrink.removable_groups`); ``refused`` names the coupled layers that are not
+    removable and why, and
     ``untraceable`` says why Torch-Pruning could not trace the model at all.
     """
 
@@ -98,7 +100,8 @@ class PruneContext:
         calibration = problem.train.sample(calibration_size, torch.Generator().manual_seed(kwargs.get("seed", 0)))
         layers = discover(model, calibration.inputs, problem.task_names)
         try:
-            found = find_groups(model, calibration.inputs, {layer.name for layer in layers if layer.is_output})
+            found = removable_groups(model, calibration.inputs, problem.task_names,
+                                     {layer.name for layer in layers if layer.is_output})
             structure = {"groups": found.groups, "refused": found.refused}
         except Exception as exc:  # noqa: BLE001 - any tracing failure only disables structured strategies
             structure = {"untraceable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc)
@@ -115,7 +118,8 @@ class PruneContext:
         unstructured = sorted(name for name, s in STRATEGIES.items() if not s.structured)
         if structured and self.untraceable:
             raise UserError(f"Torch-Pruning cannot trace this model ({self.untraceable}); the structured strategies "
-                            f"{structured} need its dependency graph. Remove them from pruning.strategies; the "
+                            f"{structured} need its dependency graph (a reshape of the channels it cannot follow, "
+                            f"such as a channel shuffle, breaks it). Remove them from pruning.strategies; the "
                             f"unstructured ones {unstructured} work on any model")
         if structured and not self.groups:
             reasons = "; ".join(f"{root}: {why}" for root, why in self.refused.items()) or "no hidden layer"

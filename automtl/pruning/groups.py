@@ -14,10 +14,27 @@ read it downstream. A **group** is the set of units that share that coupling
 
 Parameter-free operations in between (activations, functional or not, residual
 adds, pooling, reshapes, concatenation) carry the unit along and need nothing.
-A group holding any other kind of layer (LayerNorm, GroupNorm, a grouped
-convolution that is not depthwise, a non-affine BatchNorm, PReLU, attention, a bare
-``nn.Parameter``, ...) is **not removable**: structured strategies leave it
-alone, and :func:`find_groups` says why.
+A group holding any other kind of layer (LayerNorm, GroupNorm, a non-affine BatchNorm, PReLU,
+``nn.MultiheadAttention``, a bare ``nn.Parameter``, ...), or whose channel map
+Torch-Pruning got wrong (an index outside a layer, one entry in two units: a
+reshape it cannot follow, such as a channel shuffle), is **not removable**:
+structured strategies leave it alone, and :func:`find_groups` says why.
+
+**Grouped convolutions** (not depthwise) keep as many channels in every
+group, so a unit of a group holding one is a channel *position*: that channel
+in every convolution group (the channels congruent modulo the channels per
+group, the gcd over its grouped convolutions), and a reading grouped
+convolution loses the one weight column all its groups share for it.
+
+**Attention heads.** The fused ``qkv`` Linear of a self-attention module (a
+Linear with 3x as many outputs as inputs, inside a module with an integer
+``num_heads``, as timm's ``Attention``) roots a group whose units are its
+*heads*: a unit is the q, k and v rows of one head and the ``proj`` columns
+reading that head's output. A masked head outputs exactly zero (zero queries
+and keys give uniform attention over zero values); removing it physically
+lowers the module's ``num_heads`` (:mod:`automtl.pruning.shrink`). Single
+q/k/v channels are never units: the forward's reshape into heads needs whole
+heads.
 
 Removing a unit masks *every* member entry, so its output is exactly zero and
 nothing reads it: the masked model the trial measures is the model that
@@ -28,7 +45,8 @@ export then shrinks. A unit is **alive** while any of its producing entries
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -44,7 +62,7 @@ Role = Literal["out", "norm", "in"]
 OPTYPE = tp.ops.OPTYPE
 PARAMETER_FREE = {OPTYPE.ELEMENTWISE, OPTYPE.RESHAPE, OPTYPE.CONCAT, OPTYPE.SPLIT, OPTYPE.SLICE, OPTYPE.UNBIND,
                   OPTYPE.EXPAND}
-SUPPORTED = "Linear, Conv1d, Conv2d (depthwise too, not grouped), affine BatchNorm, parameter-free ops"
+SUPPORTED = "Linear, Conv1d, Conv2d (grouped and depthwise too), affine BatchNorm, parameter-free ops"
 
 
 class NotRemovable(Exception):
@@ -61,6 +79,7 @@ class Member:
     index: Tensor  # long (entries,): row / column / channel index in the module
     unit: Tensor  # long (entries,): the group unit each entry belongs to
     reads: bool  # its input carries the unit ('in' members and depthwise convolutions)
+    per_group: int | None = None  # a grouped (not depthwise) convolution: its channels per group on this side
 
     @property
     def channel_dim(self) -> int:
@@ -68,13 +87,48 @@ class Member:
         return -1 if isinstance(self.module, nn.Linear) else 1
 
 
+@dataclass(frozen=True)
+class Heads:
+    """The group's units are the heads of the attention module ``owner`` (its ``num_heads``)."""
+
+    owner: str
+    count: int
+    width: int  # channels per head in each of q, k and v
+
+    def unit(self, channels: Tensor) -> Tensor:
+        """The head each q/k/v channel of the fused qkv output belongs to."""
+        return channels % (self.count * self.width) // self.width
+
+
+def attention_heads(model: nn.Module, name: str) -> Heads | None:
+    """Heads when the layer ``name`` is a self-attention's fused qkv Linear (3x as many outputs as inputs,
+    inside a module with an integer ``num_heads`` dividing them), else None."""
+    owner, _, _ = name.rpartition(".")
+    layer, count = model.get_submodule(name), getattr(model.get_submodule(owner), "num_heads", None)
+    if not (isinstance(layer, nn.Linear) and isinstance(count, int) and count > 0
+            and layer.out_features == 3 * layer.in_features and layer.out_features % (3 * count) == 0):
+        return None
+    return Heads(owner, count, layer.out_features // (3 * count))
+
+
 @dataclass
 class UnitGroup:
-    """Units removed together; ``name`` is the root layer's qualified name."""
+    """Units removed together; ``name`` is the root layer's qualified name, ``heads`` set when its units are
+    attention heads."""
 
     name: str
     units: int
     members: list[Member]
+    heads: Heads | None = None
+
+    @property
+    def root(self) -> Member:
+        return next(m for m in self.members if m.name == self.name and m.role == "out")
+
+    def root_channels(self, units: list[int]) -> list[int]:
+        """The root layer's output channels that make up ``units``."""
+        root = self.root
+        return root.index[torch.isin(root.unit, torch.as_tensor(units, dtype=torch.long))].tolist()
 
     @property
     def producers(self) -> list[Member]:
@@ -100,8 +154,10 @@ class UnitGroup:
 
     def unheard(self) -> Tensor:
         """Bool per unit: it has readers and every weight column reading it is zero."""
-        columns = [(m, _rows(effective(m.module).ne(0), "in")[m.index]) for m in self.members if m.role == "in"]
-        return ~self._per_unit_any(columns) if columns else torch.zeros(self.units, dtype=torch.bool)
+        readers = [m for m in self.members if m.role == "in"]
+        columns = [(m, _rows(effective(m.module).ne(0), "in")[_columns(m.module, m.index)]) for m in readers]
+        read = self._per_unit_any([(m, torch.ones(len(m.index), dtype=torch.bool)) for m in readers])
+        return read & ~self._per_unit_any(columns)
 
     def input_independent(self) -> Tensor:
         """Bool per unit: no producing weight row is non-zero, so its value is a constant (biases only)."""
@@ -173,12 +229,17 @@ def _entry_nonzero(member: Member) -> Tensor:
     return flags[member.index]
 
 
+def _columns(module: nn.Module, channels: Tensor) -> Tensor:
+    """The weight columns reading input ``channels`` (a grouped convolution's groups share their columns)."""
+    return channels % module.weight.shape[1]
+
+
 def keep_masks(member: Member, index: Tensor) -> dict[str, Tensor]:
     """``{parameter name: bool mask}`` that is False exactly at the member's entries ``index``."""
     module = member.module
     keep = {"weight": torch.ones_like(module.weight, dtype=torch.bool)}
     if member.role == "in":
-        keep["weight"][:, index] = False
+        keep["weight"][:, _columns(module, index)] = False
     else:
         keep["weight"][index] = False
         if module.bias is not None:
@@ -193,7 +254,8 @@ def _mask_entries(member: Member, index: Tensor) -> None:
 
 
 def _member(graph: tp.DependencyGraph, item, names: dict[nn.Module, str]) -> Member | None:
-    """The member an item of a Torch-Pruning group is, None for a parameter-free op."""
+    """The member an item of a Torch-Pruning group is (its units: the root's channels), None for a
+    parameter-free op."""
     node, kind = item.dep.target, item.dep.target.type
     if kind in PARAMETER_FREE:
         return None
@@ -204,14 +266,26 @@ def _member(graph: tp.DependencyGraph, item, names: dict[nn.Module, str]) -> Mem
     index = torch.as_tensor(item.idxs, dtype=torch.long)
     unit = torch.as_tensor(item.root_idxs, dtype=torch.long)
     if kind == OPTYPE.BN and module.affine:
-        return Member(name, module, "norm", index, unit, reads=False)
+        return _checked(Member(name, module, "norm", index, unit, reads=False))
     depthwise = kind == OPTYPE.DEPTHWISE_CONV
-    grouped = getattr(module, "groups", 1) > 1 and not depthwise  # channels tied across a group's slices
-    if kind in (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV) and isinstance(module, PRUNABLE) and not grouped:
-        if graph.is_out_channel_pruning_fn(item.dep.handler) or depthwise:
-            return Member(name, module, "out", index, unit, reads=depthwise)
-        return Member(name, module, "in", index, unit, reads=True)
+    if kind in (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV) and isinstance(module, PRUNABLE):
+        out = graph.is_out_channel_pruning_fn(item.dep.handler) or depthwise
+        grouped = getattr(module, "groups", 1) > 1 and not depthwise
+        per_group = (module.weight.shape[0] // module.groups if out else module.weight.shape[1]) if grouped else None
+        return _checked(Member(name, module, "out" if out else "in", index, unit, reads=depthwise or not out,
+                               per_group=per_group))
     raise NotRemovable(f"{name} ({type(module).__name__}) is coupled to these channels; supported: {SUPPORTED}")
+
+
+def _checked(member: Member) -> Member:
+    """``member`` if its entries are distinct channels of its module, else NotRemovable (Torch-Pruning lost
+    the channel map, as behind a reshape it cannot follow, e.g. a channel shuffle)."""
+    weight = member.module.weight
+    size = weight.shape[1] * getattr(member.module, "groups", 1) if member.role == "in" else weight.shape[0]
+    if len(member.index) and (int(member.index.max()) >= size or len(member.index.unique()) < len(member.index)):
+        raise NotRemovable(f"{member.name}: the dependency graph's channel map does not fit the layer ({size} "
+                           f"channels; a reshape it cannot follow, such as a channel shuffle, lies in between)")
+    return member
 
 
 @dataclass
@@ -240,5 +314,20 @@ def find_groups(model: nn.Module, sample: Tensor, output_layers: set[str]) -> Gr
         except NotRemovable as exc:
             found.refused[root] = str(exc)
             continue
-        found.groups.append(UnitGroup(root, len(group[0].idxs), members))
+        found.groups.append(_group(model, root, len(group[0].idxs), members))
     return found
+
+
+def _group(model: nn.Module, root: str, channels: int, members: list[Member]) -> UnitGroup:
+    """The group of ``members`` (units: the root's ``channels``), its units made attention heads or channel
+    positions of grouped convolutions where it has them."""
+    heads = attention_heads(model, root)
+    per_group = [m.per_group for m in members if m.per_group]
+    if heads:
+        units, unit_of = heads.count, heads.unit
+    elif per_group:
+        units = math.gcd(*per_group)
+        unit_of = lambda unit: unit % units  # noqa: E731
+    else:
+        return UnitGroup(root, channels, members)
+    return UnitGroup(root, units, [replace(m, unit=unit_of(m.unit)) for m in members], heads)
