@@ -16,7 +16,7 @@ from torch import nn
 
 from automtl import config as config_mod
 from automtl import dense as dense_mod
-from automtl import focus, objectives, pareto, progress, records, report, tracking
+from automtl import focus, interrupts, objectives, pareto, progress, records, report, retention, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
@@ -104,6 +104,7 @@ class SearchSummary:
     front: list[dict]
     objectives: list[dict]  # automtl.objectives.Objective fields, in the order of the trials' values
     dense_metrics: dict[str, float]
+    mlflow: dict[str, str] | None = None  # where the runs are: tracking_uri, experiment_id, url, ui_command
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
@@ -328,19 +329,20 @@ def search(
                         "in the config (problem.name: package.module:function) so every worker builds it")
     if config.storage and not resume:
         open_storage(config.storage)  # reachable, driver installed: checked before anything is written
-    with run.exclusive(), _stop_when_disk_full(run):
+    with run.exclusive(), _stop_when_disk_full(run), interrupts.deferred():
         study = _open_study(run, config, problem, total_parameters, resume, reference)
         if resume:
             reference = _resumed_reference(study, run, config, problem, reference)
         run.write_config(config)
         tracker = tracking.start(study, config, run.path)
-        bench = Bench.prepare(config, run.path, problem, reference)
-        _describe_dense(study, bench)
-        try:
-            backend.run(run, config, bench, on_progress)
-        except KeyboardInterrupt:
-            raise SearchInterrupted(str(run.path)) from None
-        return _finish(run, config, tracker)
+        with tracking.parent_status(tracker):  # RUNNING now; FINISHED, KILLED or FAILED as it ends
+            bench = Bench.prepare(config, run.path, problem, reference)
+            _describe_dense(study, bench)
+            try:
+                backend.run(run, config, bench, on_progress)
+            except KeyboardInterrupt:
+                raise SearchInterrupted(str(run.path)) from None
+            return _finish(run, config, tracker)
 
 
 def _finish(run: RunDir, config: SearchConfig, tracker) -> SearchSummary:
@@ -359,6 +361,7 @@ def _finish(run: RunDir, config: SearchConfig, tracker) -> SearchSummary:
         front=pareto.described_front(study),
         objectives=objectives.to_attrs(objectives.of_study(study)),
         dense_metrics=objectives.dense_metrics(study.user_attrs),
+        mlflow=tracking.where_to_look(study.user_attrs) if tracker else None,
     )
 
 
@@ -374,9 +377,12 @@ def _open_study(run: RunDir, config: SearchConfig, problem: Problem, total_param
 
 
 def status(run_dir: str | Path) -> dict:
-    """Trial counts by state, budget, front size, hypervolume and time spent."""
+    """Trial counts by state, budget, front size, hypervolume, time spent and disk use (``disk``: bytes of
+    the run directory, of them the kept trial weights', their count, and the ``keep_weights`` rule)."""
     run = RunDir(run_dir).require()
-    return progress.take(run.load_study(), run.load_config().trials).as_dict()
+    config = run.load_config()
+    disk = retention.disk_use(run) | {"keep_weights": config.keep_weights}
+    return progress.take(run.load_study(), config.trials).as_dict() | {"disk": disk}
 
 
 def pareto_front(run_dir: str | Path, where: list[str] = ()) -> list[dict]:
@@ -404,15 +410,16 @@ def sync_mlflow(run_dir: str | Path) -> dict:
 def export(run_dir: str | Path, out_dir: str | Path, *, trial: int | None = None, pick: str | None = None,
            require: list[str] = (), formats: list[str] | None = None, quantize: str | None = None,
            register: str | None = None, alias: str = "candidate", problem: Problem | None = None,
-           onnx_tolerance: float | None = None):
+           onnx_tolerance: float | None = None, latency_batch: int | None = None):
     """Export one trial of a run as a genuinely smaller model into the new folder ``out_dir``.
 
     The trial is ``trial``, or the Pareto point ``pick`` (``knee`` by default, ``sparsest``,
     ``best-<task>``) among those meeting ``require`` (``left>=0.9``). ``formats`` are names from
     :data:`automtl.formats.WRITERS` (all by default). ``onnx_tolerance`` is how far onnxruntime may differ
     from PyTorch, as a share of each task's output scale (default :data:`automtl.formats.ONNX_TOLERANCE`).
-    Pass ``problem`` when the search was given a Problem object. Returns the folder and ``card.json``'s
-    contents.
+    ``latency_batch`` is the batch the card's latencies are timed on (default: chosen from the model's
+    FLOPs, :func:`automtl.exporting.latency_batch`). Pass ``problem`` when the search was given a Problem
+    object. Returns the folder and ``card.json``'s contents.
 
     Example:
         >>> import automtl
@@ -425,7 +432,8 @@ def export(run_dir: str | Path, out_dir: str | Path, *, trial: int | None = None
 
     return exporting.export(run_dir, out_dir, trial, pick, list(require), formats or list(exporting.FORMATS),
                             quantize, register, alias, problem,
-                            exporting.ONNX_TOLERANCE if onnx_tolerance is None else onnx_tolerance)
+                            onnx_tolerance=exporting.ONNX_TOLERANCE if onnx_tolerance is None else onnx_tolerance,
+                            latency_batch=latency_batch)
 
 
 def load_study(run_dir: str | Path) -> optuna.Study:

@@ -178,6 +178,10 @@ def cmd_search(args: argparse.Namespace) -> None:
                   f"{summary.status['hypervolume']:.4f}; dense model (test) "
                   + ", ".join(f"{tasks[t].label} {tasks[t].format(v)}" for t, v in summary.dense_metrics.items())
                   + f"; run directory {summary.run_dir}", soft_wrap=True)
+    if summary.mlflow:
+        look = summary.mlflow
+        start = f"start the UI with `{look['ui_command']}`, then " if look["ui_command"] else ""
+        console.print(f"MLflow: {start}open {look['url']} (the study's runs)", soft_wrap=True)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -228,6 +232,9 @@ def cmd_status(args: argparse.Namespace) -> None:
     console.print(f"budget {status['budget']}; front {status['front_size']} trials, hypervolume "
                   f"{status['hypervolume']:.4f}; {status['compute_seconds']:.0f}s of trial compute over "
                   f"{status['elapsed_seconds']:.0f}s", soft_wrap=True)
+    disk = status["disk"]
+    console.print(f"disk: {disk['bytes'] / 2**20:.1f} MiB, of which {disk['weights_files']} trials' weights "
+                  f"{disk['weights_bytes'] / 2**20:.1f} MiB (keep_weights: {disk['keep_weights']})", soft_wrap=True)
     if status["focus"]:
         floors = ", ".join(f"{task} {floor:.4g}" for task, floor in status["focus"].items())
         console.print(f"in focus (floors {floors}): {status['in_focus']} of {status['counts']['complete']} complete "
@@ -265,16 +272,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     with err_console.status("exporting…"):
         result = api.export(args.run_dir, args.output, trial=args.trial, pick=args.pick, require=args.require,
                             formats=formats, quantize=args.quantize, register=args.register, alias=args.alias,
-                            onnx_tolerance=args.onnx_tolerance)
+                            onnx_tolerance=args.onnx_tolerance, latency_batch=args.latency_batch)
     card = result.card
     params, files = card["parameters"], card["files"]
     table = Table("", "dense", "exported", title=f"trial {card['trial']} → {result.out_dir}")
     table.add_row("parameters", f"{params['dense']:,}", f"{params['exported']:,} ({params['exported_nonzero']:,} non-zero)")
     table.add_row("FLOPs", f"{card['flops']['dense']:,}", f"{card['flops']['exported']:,}")
     latency = card["latency_ms"]
-    runtime = "onnx" if "exported_onnx" in latency else "pytorch"
-    table.add_row(f"CPU ms / batch of {card['latency_batch']} ({runtime})", f"{latency[f'dense_{runtime}']:.3f}",
-                  f"{latency[f'exported_{runtime}']:.3f}")
+    for runtime, speedup in card["speedup"].items():
+        table.add_row(f"CPU ms / batch of {card['latency_batch']} ({runtime}, median of "
+                      f"{card['latency_timing']['rounds'][runtime]})", f"{latency[f'dense_{runtime}']:.3f}",
+                      f"{latency[f'exported_{runtime}']:.3f} ({speedup:.2f}x faster)")
     for task, value in card["test_metrics"]["exported_pytorch"].items():
         table.add_row(f"test {card['metric_names'][task]} {task}", f"(trial {card['test_metrics']['search'][task]:.4g})",
                       f"{value:.4g}")
@@ -364,6 +372,8 @@ def _add_export(sub) -> None:
     p.add_argument("--onnx-tolerance", type=float, default=ONNX_TOLERANCE, metavar="SHARE",
                    help="how far onnxruntime may differ from PyTorch, as a share of each task's output scale "
                         f"(default {ONNX_TOLERANCE:g})")
+    p.add_argument("--latency-batch", type=int, metavar="N",
+                   help="inputs per timed forward pass on the card (default: from the model's FLOPs, <= 2048)")
     p.add_argument("--register", metavar="NAME", help="register the ONNX model in MLflow under NAME")
     p.add_argument("--alias", default="candidate", help="alias of the registered version (default candidate)")
     p.add_argument("-o", "--output", required=True, help="a new (or empty) output folder")
@@ -394,6 +404,9 @@ def _terminate(_signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGINT is set explicitly: a shell script's background job inherits it ignored, and Ctrl-C or `kill -INT`
+    # must always stop automtl (a search defers both signals to its next safe point: automtl.interrupts).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -58,7 +58,7 @@ OBJECTIVES = ("sparsity", "metrics", "parameters", "flops", "latency_ms")
 SEED_STRATEGY = "global_magnitude"
 DEVICES = ("auto", "cpu", "cuda")  # where trials compute
 IN_MEMORY = "in-memory:"  # problem.name of a run whose Problem was passed as an object
-RESUMABLE = ("trials", "timeout", "workers", "threads", "trial_batch", "tracking", "backend", "data")
+RESUMABLE = ("trials", "timeout", "workers", "threads", "trial_batch", "tracking", "backend", "data", "keep_weights")
 
 
 class Strict(BaseModel):
@@ -398,7 +398,8 @@ class TrackingConfig(Strict):
 class BackendConfig(Strict):
     """Who runs the trials: ``local`` worker processes, or Ray Tune (``address`` null = start a local Ray;
     ``auto`` or HOST:PORT = join a cluster). ``device``: where each trial computes (``auto`` = CUDA when
-    the worker has a GPU, else CPU)."""
+    the worker has a GPU, else CPU; a Ray trial given a GPU that torch cannot see fails, with the reason,
+    unless ``device`` is ``cpu``)."""
 
     name: Literal[tuple(BACKENDS)] = "local"
     address: str | None = None
@@ -451,6 +452,9 @@ class SearchConfig(Strict):
     # Trials a local worker, or one Ray trial slot, fine-tunes together in one vectorised pass
     # (automtl.stacked); auto: 1 on the CPU, several on CUDA (trial.batch_size). 1 = one at a time.
     trial_batch: PositiveInt | Literal["auto"] = "auto"
+    # Whose pruned weights stay on disk (automtl.retention): front = the trials that may still be picked for
+    # export (a trial's file goes once another dominates it); all = every completed trial's.
+    keep_weights: Literal["front", "all"] = "front"
 
     @model_validator(mode="after")
     def _enqueued_plans_fit_the_space(self) -> "SearchConfig":

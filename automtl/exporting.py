@@ -13,7 +13,9 @@
 3. Write each asked-for format (:mod:`automtl.formats`: ONNX checked against
    PyTorch within ``onnx_tolerance`` of each task's output scale,
    ``torch.export``, dense and sparse safetensors, optional int8 ONNX) and
-   ``card.json`` with everything measured; time every runtime side by side.
+   ``card.json`` with everything measured; time every runtime side by side, for
+   a bounded time (:data:`LATENCY_BUDGET_S` per runtime) on a batch chosen from
+   the model's size (:func:`latency_batch`) unless the export names one.
 
 The output folder is assembled in a temporary sibling and renamed into place
 at the end, so a failed export leaves nothing half-written.
@@ -40,7 +42,7 @@ from automtl import checkpoints, pareto, tracking
 from automtl.config import SearchConfig
 from automtl.errors import UserError
 from automtl.formats import ONNX_TOLERANCE, QUANTIZE, WRITERS, Exported, Written, write
-from automtl.measure import flops, latencies_ms, parameters
+from automtl.measure import flops, parameters, time_side_by_side
 from automtl.models import task_outputs
 from automtl.objectives import dense_metrics, metric_names, of_study
 from automtl.problems import Problem
@@ -52,7 +54,12 @@ from automtl.train import evaluate, predict
 log = logging.getLogger(__name__)
 
 FORMATS = tuple(WRITERS)
-LATENCY_BATCH = 2048  # large enough that a tiny network's timing is not noise
+# The latency batch, unless the export names one: the largest power of two up to LATENCY_MAX_BATCH whose dense
+# forward pass takes at most LATENCY_MACS multiply-accumulates (about 0.1 s on two cores), so a tiny network's
+# timing is not noise and a large one's rounds stay short.
+LATENCY_MACS = 2e9
+LATENCY_MAX_BATCH = 2048
+LATENCY_BUDGET_S = 2.0  # seconds of timing per runtime (dense and exported, in each format)
 METRIC_TOLERANCE = 1e-3  # 0.1 point: exported vs trial test metrics
 
 
@@ -68,7 +75,13 @@ def load_trial_model(run: RunDir, trial: FrozenTrial, problem: Problem | None = 
     config = run.load_config()
     problem = problem or config.build_problem()
     model = problem.build_model(problem.default_model.override(**config.model.overrides()))
-    state, _ = checkpoints.load(run.path / TrialRecord.from_trial(trial).result.weights)
+    record = TrialRecord.from_trial(trial)
+    if not (run.path / record.result.weights).exists():
+        replay = json.dumps({k: v for k, v in record.plan.items() if v is not None})
+        raise UserError(f"trial {trial.number}'s weights were not kept: keep_weights: front deletes a trial's "
+                        f"weights once another trial dominates it. Replay its plan by adding it to the config's "
+                        f"enqueue list (enqueue: [{replay}]) and resuming, or search with keep_weights: all")
+    state, _ = checkpoints.load(run.path / record.result.weights)
     model.load_state_dict(state)
     return model.eval(), problem
 
@@ -94,8 +107,14 @@ def shrink_exactly(model: nn.Module, problem: Problem, batch_size: int = 1024) -
     return report, worst
 
 
+def latency_batch(dense_macs: int) -> int:
+    """The default latency batch for a network of ``dense_macs`` multiply-accumulates per input."""
+    fits = max(1, int(LATENCY_MACS // max(dense_macs, 1)))
+    return min(LATENCY_MAX_BATCH, 2 ** (fits.bit_length() - 1))
+
+
 def _check_request(out_dir: Path, formats: list[str], quantize: str | None, register: str | None,
-                   onnx_tolerance: float) -> Path:
+                   onnx_tolerance: float, batch: int | None) -> Path:
     """Refuse what cannot be exported before any work; returns the folder the output is staged in."""
     bad = sorted(set(formats) - set(FORMATS))
     if bad or not formats:
@@ -104,6 +123,9 @@ def _check_request(out_dir: Path, formats: list[str], quantize: str | None, regi
             or not math.isfinite(onnx_tolerance) or onnx_tolerance < 0:
         raise UserError(f"--onnx-tolerance {onnx_tolerance!r}: must be a finite number >= 0 (default "
                         f"{ONNX_TOLERANCE:g}, a share of each task's output scale)")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise UserError(f"--latency-batch {batch!r}: must be a whole number >= 1 (default: chosen from the "
+                        f"model's size, at most {LATENCY_MAX_BATCH})")
     if quantize not in (None, *QUANTIZE):
         raise UserError(f"--quantize {quantize!r}: allowed: {', '.join(QUANTIZE)}")
     if quantize and "onnx" not in formats:
@@ -119,12 +141,15 @@ def _check_request(out_dir: Path, formats: list[str], quantize: str | None, regi
 
 
 def _prepare(run: RunDir, config: SearchConfig, chosen: FrozenTrial, problem: Problem | None,
-             quantize: str | None, onnx_tolerance: float) -> tuple[Exported, dict]:
+             quantize: str | None, onnx_tolerance: float, batch: int | None) -> tuple[Exported, dict]:
     """Load and shrink the chosen trial's model; what the writers share, and the card's measurements."""
     model, problem = load_trial_model(run, chosen, problem)
     dense = problem.build_model(problem.default_model.override(**config.model.overrides())).eval()
-    sample = problem.test.sample(LATENCY_BATCH).inputs
-    sample = sample[torch.arange(LATENCY_BATCH) % len(sample)]
+    one = problem.test.sample(1).inputs
+    dense_flops = flops(dense, one)
+    batch = batch or latency_batch(dense_flops)
+    sample = problem.test.sample(batch).inputs
+    sample = sample[torch.arange(batch) % len(sample)]
     pruned_params, pruned_nonzero = parameters(model)
     shrunk, shrunk_diff = shrink_exactly(model, problem, config.data.batch_size)
     params_after, nonzero_after = parameters(model)
@@ -137,11 +162,12 @@ def _prepare(run: RunDir, config: SearchConfig, chosen: FrozenTrial, problem: Pr
         "parameters": {"dense": parameters(dense)[0], "pruned": pruned_params, "pruned_nonzero": pruned_nonzero,
                        "exported": params_after, "exported_nonzero": nonzero_after},
         "removed_units": shrunk.removed_units, "removed_by_group": shrunk.removed,
+        "kept_to_align_channels": shrunk.aligned,
         "kept_whole": shrunk.kept_whole, "shrunk_vs_trial_max_abs_diff": shrunk_diff,
-        "flops": {"dense": flops(dense, sample), "exported": flops(model, sample)},
+        "flops": {"dense": dense_flops, "exported": flops(model, one)},
         "test_metrics": {"search": record.result.test_metrics,
                          "exported_pytorch": evaluate(model, problem, problem.test, config.data.batch_size)},
-        "latency_batch": LATENCY_BATCH,
+        "latency_batch": batch,
     }
     return Exported(model, dense, problem, sample, config.data.batch_size, source, quantize, onnx_tolerance), card
 
@@ -157,23 +183,42 @@ def _write(exported: Exported, card: dict, formats: list[str], staging: Path) ->
         card |= written.card
         card["test_metrics"] |= written.test_metrics
         runs |= written.runs
-    card["latency_ms"] = latencies_ms(runs)
+    # each runtime's dense and exported models are timed together, apart from the other runtimes: PyTorch's
+    # OpenMP threads spin on after a call and slowed the onnxruntime call after it by up to 20 %
+    timings = {runtime: time_side_by_side({name: run for name, run in runs.items() if _runtime(name) == runtime},
+                                          LATENCY_BUDGET_S) for runtime in dict.fromkeys(map(_runtime, runs))}
+    card["latency_ms"] = {name: ms for t in timings.values() for name, ms in t.median_ms.items()}
+    # dense / exported in each runtime: they differ (onnxruntime folds BatchNorm and blocks channels by 8,
+    # PyTorch runs each layer eagerly), so each is reported
+    card["speedup"] = {runtime: round(card["latency_ms"][f"dense_{runtime}"] / card["latency_ms"][f"exported_{runtime}"], 3)
+                       for runtime in timings}
+    card["latency_timing"] = {"rounds": {runtime: t.rounds for runtime, t in timings.items()},
+                              "seconds": round(sum(t.seconds for t in timings.values()), 3),
+                              "budget_s_per_runtime": LATENCY_BUDGET_S,
+                              "quartiles_ms": {name: q for t in timings.values() for name, q in t.quartiles_ms.items()}}
     card["files"] = {kind: {"path": name, "bytes": (staging / name).stat().st_size} for kind, name in files.items()}
     (staging / "card.json").write_text(json.dumps(card, indent=2))
+
+
+def _runtime(run: str) -> str:
+    """The runtime a timed run belongs to: ``dense_onnx`` and ``exported_onnx_int8`` are onnxruntime's."""
+    return run.removeprefix("dense_").removeprefix("exported_").split("_")[0]
 
 
 def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, pick: str | None = None,
            constraints: list[str] = (), formats: list[str] = FORMATS, quantize: str | None = None,
            register: str | None = None, alias: str = "candidate", problem: Problem | None = None,
-           onnx_tolerance: float = ONNX_TOLERANCE) -> ExportResult:
+           onnx_tolerance: float = ONNX_TOLERANCE, latency_batch: int | None = None) -> ExportResult:
     """Choose, shrink, write and measure; see the module docstring. ``onnx_tolerance``: how far onnxruntime
-    may differ from PyTorch, as a share of each task's output scale (:data:`automtl.formats.ONNX_TOLERANCE`)."""
+    may differ from PyTorch, as a share of each task's output scale (:data:`automtl.formats.ONNX_TOLERANCE`);
+    ``latency_batch``: the inputs of one timed forward pass (default: chosen from the dense model's FLOPs)."""
     run, out_dir = RunDir(run_dir).require(), Path(out_dir)
-    parent = _check_request(out_dir, list(formats), quantize, register, onnx_tolerance)
-    study = run.load_study()
-    chosen = pareto.choose(study, trial, pick, list(constraints))
-    config = run.load_config()
-    exported, card = _prepare(run, config, chosen, problem, quantize, onnx_tolerance)
+    parent = _check_request(out_dir, list(formats), quantize, register, onnx_tolerance, latency_batch)
+    with run.weights_lock(shared=True, wait=True):  # a search deletes no weights while the trial is chosen and read
+        study = run.load_study()
+        chosen = pareto.choose(study, trial, pick, list(constraints))
+        config = run.load_config()
+        exported, card = _prepare(run, config, chosen, problem, quantize, onnx_tolerance, latency_batch)
     card["metric_names"] = metric_names(of_study(study))
     card["dense_reference"] = dense_reference(study.user_attrs)
     card["test_metrics"]["dense"] = dense_metrics(study.user_attrs)

@@ -6,8 +6,10 @@ measured on the shrunk model) and by export (the card).
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,22 +32,46 @@ def flops(model: nn.Module, sample: Tensor) -> int:
     return int(ops)
 
 
-def latencies_ms(runs: dict[str, Callable[[], object]], rounds: int = 100, warmup: int = 5) -> dict[str, float]:
-    """Median wall time in ms of each ``runs[name]()``, measured round-robin (one call of each per
-    round, after ``warmup`` rounds, no autograd) so that drift of the machine hits all alike."""
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of several runs measured side by side: per run the median and the quartiles, in ms."""
+
+    median_ms: dict[str, float]
+    quartiles_ms: dict[str, tuple[float, float]]  # 25th and 75th percentile
+    rounds: int  # calls of each run that were timed
+    seconds: float  # wall time spent timing, warm-up included
+
+
+def time_side_by_side(runs: dict[str, Callable[[], object]], budget_s: float = 2.0, min_rounds: int = 5,
+                      max_rounds: int = 100, warmup: int = 2) -> Timing:
+    """Time each ``runs[name]()`` round-robin (one call of each per round, no autograd, every other round in
+    reverse order), so that drift of the machine, and what one call leaves behind for the next (threads still
+    spinning), hit all alike. Time runs of one runtime together: another runtime's threads distort them.
+    Bounded by time, as ``timeit``'s autorange: after ``warmup`` rounds, rounds go on until ``budget_s``
+    seconds per run are spent (and at least ``min_rounds``), at most ``max_rounds``."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    began = time.perf_counter()
     with torch.no_grad():
-        for round_ in range(rounds + warmup):
-            for name, run_batch in runs.items():
+        for round_ in itertools.count():
+            timed = round_ - warmup
+            spent = sum(sum(values) for values in times.values())
+            if timed >= max_rounds or (timed >= min_rounds and spent >= budget_s * len(runs)):
+                break
+            for name, run_batch in (runs.items() if round_ % 2 == 0 else reversed(runs.items())):
                 start = time.perf_counter()
                 run_batch()
-                if round_ >= warmup:
+                if timed >= 0:
                     times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+    quartiles = {name: statistics.quantiles(values, n=4)[::2] if len(values) > 1 else values * 2
+                 for name, values in times.items()}
+    return Timing(median_ms={name: 1000 * statistics.median(values) for name, values in times.items()},
+                  quartiles_ms={name: (1000 * q[0], 1000 * q[1]) for name, q in quartiles.items()},
+                  rounds=max(0, timed), seconds=time.perf_counter() - began)
 
 
 def cpu_latency_ms(model: nn.Module, inputs: Tensor, batch_size: int, rounds: int) -> float:
     """Median CPU time in ms of one eval-mode forward pass on ``batch_size`` inputs (cycled from ``inputs``)."""
     batch = inputs[torch.arange(batch_size) % len(inputs)].cpu()
     with in_mode(model, False):
-        return latencies_ms({"model": lambda: model(batch)}, rounds, warmup=2)["model"]
+        timing = time_side_by_side({"model": lambda: model(batch)}, budget_s=0, min_rounds=rounds, max_rounds=rounds)
+    return timing.median_ms["model"]

@@ -9,9 +9,11 @@ from pathlib import Path
 from string import Template
 
 import optuna
+from optuna.trial import TrialState
 from plotly.offline import get_plotlyjs
 
-from automtl import pareto, plots, progress, tracking
+from automtl import pareto, plots, progress, retention, tracking
+from automtl.backends.base import budget_used
 from automtl.checkpoints import atomic_write_bytes
 from automtl.errors import UserError
 from automtl.objectives import dense_metrics, of_study, task_objectives
@@ -45,7 +47,7 @@ def dashboard(study: optuna.Study, run: RunDir) -> str:
     config = run.load_config()
     snap = progress.take(study, config.trials)
     tasks = task_objectives(of_study(study))
-    dense = dense_metrics(study.user_attrs)
+    dense, disk = dense_metrics(study.user_attrs), retention.disk_use(run)
     cards = {
         "complete / stopped early / failed":
             f"{snap.counts['complete']} / {snap.counts['stopped_early']} / {snap.counts['failed']}",
@@ -56,6 +58,8 @@ def dashboard(study: optuna.Study, run: RunDir) -> str:
         "dense model (test)": " · ".join(f"{tasks[t].label} {tasks[t].format(v)}" for t, v in dense.items()
                                          if t in tasks) or "–",
         "sampler": config.sampler.name,
+        "disk (trial weights kept)": f"{disk['bytes'] / 2**20:.1f} MiB ({disk['weights_files']} · "
+                                     f"keep_weights {config.keep_weights})",
     }
     figures = "".join(
         f"<section>{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f'figure-{name}')}</section>"
@@ -106,5 +110,8 @@ def sync_mlflow(run_dir: str | Path) -> dict:
         raise UserError("the MLflow tracking server cannot be reached; start it (or fix tracking.uri) and retry")
     front = {t.number for t in pareto.front(study)}
     created = tracking.sync(study, tracker, front, pareto.hypervolume_history(study), mlflow_artifacts(study, run))
+    searching = run.busy()
+    ended = budget_used(study) >= config.trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    tracking.set_parent_status(tracker, "RUNNING" if searching else "FINISHED" if ended else "KILLED")
     return {"experiment": study.user_attrs["mlflow_experiment"], "parent_run_id": tracker.parent_run_id,
             "created_child_runs": created, "trials": len(study.trials), "tracking_uri": study.user_attrs["mlflow_uri"]}

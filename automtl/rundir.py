@@ -5,11 +5,12 @@ Layout::
     RUN_DIR/
       config.yaml      the validated search space the study was created with
       study.journal    Optuna journal storage: every trial, its params, values and attributes
-      study.json       instead of the journal: {"storage": URL, "study_name": …} of a study kept in an
-                       Optuna RDB storage (config ``storage:``), e.g. PostgreSQL
-      dense/           the trained dense checkpoint
-      trials/          trial-NNNNNN.pt: pruned weights of each finished trial
+      study.json       where the study is: {"storage": null (the journal) or an Optuna RDB storage URL
+                       (config ``storage:``, e.g. PostgreSQL), "study_name": …}
+      dense/           the dense reference's weights
+      trials/          trial-NNNNNN.pt: pruned weights of each finished trial (those ``keep_weights`` keeps)
       .lock            held by the process searching this directory
+      .weights.lock    held shared by exports reading trial weights, exclusively while dominated ones go
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from automtl import config as config_mod
 from automtl.checkpoints import atomic_write_bytes
 from automtl.errors import UserError
 
-STUDY = "automtl"  # the study's name in the run directory's own journal
+STUDY = "automtl"  # the name in an RDB storage starts with it
+TRIALS = "trials"  # the folder of the trials' weights
+
+
+def weights_path(number: int) -> str:
+    """Where trial ``number`` keeps its pruned weights, relative to the run directory."""
+    return f"{TRIALS}/trial-{number:06d}.pt"
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -74,18 +81,21 @@ class RunDir:
         if self.pointer.exists():
             where = json.loads(self.pointer.read_text())
             return where["storage"], where["study_name"]
-        return None, STUDY
+        # a journal from before the pointer was written for journals too (its study is named "automtl"), or
+        # one whose pointer a kill prevented: the journal's only study
+        names = optuna.get_all_study_names(self.storage()) if self.journal.exists() else []
+        return None, names[0] if len(names) == 1 else STUDY
 
     def storage(self, url: str | None = None) -> optuna.storages.BaseStorage:
         """The RDB storage at ``url``, else the run directory's journal."""
         return open_storage(url) if url else JournalStorage(JournalFileBackend(str(self.journal)))
 
     def create_study(self, url: str | None, label: str, directions: list[str]) -> optuna.Study:
-        """A new study: in the journal, or in the RDB storage ``url`` under a unique name this directory records."""
-        name = f"{STUDY}-{label}-{uuid.uuid4().hex[:12]}" if url else STUDY  # a database holds many studies
+        """A new study named ``label`` in the journal (so optuna-dashboard shows the config's name), or in the
+        RDB storage ``url`` under a unique name; this directory records where."""
+        name = f"{STUDY}-{label}-{uuid.uuid4().hex[:12]}" if url else label  # a database holds many studies
         study = optuna.create_study(study_name=name, storage=self.storage(url), directions=directions)
-        if url:
-            atomic_write_bytes(self.pointer, json.dumps({"storage": url, "study_name": name}).encode())
+        atomic_write_bytes(self.pointer, json.dumps({"storage": url, "study_name": name}).encode())
         return study
 
     def load_config(self) -> config_mod.SearchConfig:
@@ -123,6 +133,34 @@ class RunDir:
                 fh.truncate(end)
                 os.fsync(fh.fileno())
         return size - end
+
+    @contextmanager
+    def weights_lock(self, shared: bool, wait: bool) -> Iterator[bool]:
+        """Hold the trial weights' lock (shared: reading; exclusive: deleting); yields whether it is held
+        (False only when ``wait`` is off and another process holds it)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".weights.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def busy(self) -> bool:
+        """Whether a search holds the directory's lock now."""
+        if not (self.path / ".lock").exists():
+            return False
+        with open(self.path / ".lock") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

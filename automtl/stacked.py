@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.func import functional_call, vmap
 
+from automtl import interrupts
 from automtl.models import task_outputs
 from automtl.problems.base import Problem
 from automtl.train import Teacher, TrainConfig, blend_distillation, optimizer_and_schedule, training_split
@@ -86,6 +87,7 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
                 m.model.train()
             sums, batches, started = None, 0, time.perf_counter()
             for inputs, targets in train.batches(config.batch_size, generator):
+                interrupts.check()
                 for m in stack.members:
                     if m.before_step is not None:
                         m.before_step(step)

@@ -14,18 +14,19 @@ in the study for a later sync.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl.objectives import STRUCTURAL, Objective, metric_names, of_attrs, of_study
+from automtl.objectives import STRUCTURAL, Objective, dense_metrics, metric_names, of_attrs, of_study
 from automtl.records import TrialRecord, dense_reference
 
 if TYPE_CHECKING:
@@ -189,6 +190,45 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, TERMINATED.get(trial.state, "FAILED"))
 
 
+@contextlib.contextmanager
+def parent_status(tracker: Tracker | None) -> Iterator[None]:
+    """The study's parent run is RUNNING while the block runs, then FINISHED, KILLED (interrupted) or FAILED."""
+    set_parent_status(tracker, "RUNNING")
+    try:
+        yield
+    except KeyboardInterrupt:
+        set_parent_status(tracker, "KILLED")
+        raise
+    except BaseException:
+        set_parent_status(tracker, "FAILED")
+        raise
+    set_parent_status(tracker, "FINISHED")
+
+
+def set_parent_status(tracker: Tracker | None, status: str) -> None:
+    """Set the parent run's status (best effort: MLflow is a view of the study)."""
+    if tracker is None or tracker.broken:
+        return
+    try:
+        if status == "RUNNING":
+            tracker.client.update_run(tracker.parent_run_id, status=status)
+        else:
+            tracker.client.set_terminated(tracker.parent_run_id, status)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("MLflow: the study's run could not be marked %s (%s)", status, exc)
+
+
+def where_to_look(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """How to open the study's runs: the UI command for a local store, and the runs view's address (the
+    ``workflowType`` parameter opens MLflow 3's model-training view, not its GenAI overview)."""
+    uri, experiment = attrs["mlflow_uri"], attrs["mlflow_experiment_id"]
+    local = not uri.startswith(("http://", "https://"))
+    base = "http://127.0.0.1:5000" if local else uri.rstrip("/")
+    return {"tracking_uri": uri, "experiment_id": experiment,
+            "ui_command": f"mlflow ui --backend-store-uri {uri}" if local else "",
+            "url": f"{base}/#/experiments/{experiment}?workflowType=machine_learning"}
+
+
 def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
     """Set up (or reattach to) the study's experiment and parent run; None when tracking is off
     or the server cannot be reached (said once, the search runs on)."""
@@ -254,7 +294,8 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
 def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervolumes: Iterable[tuple[int, float]],
          artifacts: dict[str, str]) -> int:
     """Make MLflow match the study: every finished trial has its child run with the right Pareto tag,
-    the parent run has the hypervolume history and the given artifacts ({file name: text}).
+    the parent run has the dense reference's metrics (``dense.<metric>.<task>``), the hypervolume history
+    (its last value the final one) and the given artifacts ({file name: text}).
     Returns how many child runs were created."""
     from mlflow.entities import Metric
 
@@ -267,6 +308,9 @@ def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervo
     client, parent = tracker.client, tracker.parent_run_id
     logged = {m.step for m in client.get_metric_history(parent, "hypervolume")}
     new = [Metric("hypervolume", hv, 0, step) for step, hv in hypervolumes if step not in logged]
+    names, present = metric_names(of_study(study)), client.get_run(parent).data.metrics
+    dense = {f"dense.{names.get(task, 'metric')}.{task}": v for task, v in dense_metrics(study.user_attrs).items()}
+    new += [Metric(key, float(value), 0, 0) for key, value in dense.items() if key not in present]
     for start in range(0, len(new), 900):
         client.log_batch(parent, metrics=new[start:start + 900])
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from automtl import schedules
+from automtl import interrupts, schedules
 from automtl.models import task_outputs
 from automtl.optimizers import OptimizerSettings, make_optimizer
 from automtl.problems.base import Data, Problem, Split
@@ -189,6 +189,7 @@ def fit(
         sums = {name: 0.0 for name in problem.task_names}
         batches = 0
         for inputs, targets in train.batches(config.batch_size, generator):
+            interrupts.check()
             if before_step is not None:
                 before_step(step)
             losses = task_losses(model, problem, inputs, targets, distill)
@@ -225,6 +226,7 @@ def predict(forward: Callable[[Tensor], Mapping[str, Tensor]], split: Data,
     outputs: dict[str, list[Tensor]] = {}
     targets: dict[str, list[Tensor]] = {}
     for inputs, batch_targets in split.batches(batch_size):
+        interrupts.check()
         for store, values in ((outputs, forward(inputs)), (targets, batch_targets)):
             for name, value in values.items():
                 store.setdefault(name, []).append(value)

@@ -32,6 +32,7 @@ from automtl.pruning import PipelineReport, PruneContext, apply, make_permanent
 from automtl.pruning.gradual import GradualMasks
 from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
 from automtl.records import TrialResult
+from automtl.rundir import weights_path
 from automtl.space import TrialPlan
 from automtl.rungs import judged_objectives
 from automtl.train import (Distillation, Teacher, batches_per_epoch, evaluate, fit, predict,
@@ -168,11 +169,6 @@ class Bench:
 def _rebuilt(config_json: str) -> Problem:
     """The problem of a search config, built once per process (Ray unpickles the bench for every trial)."""
     return SearchConfig.model_validate_json(config_json).build_problem()
-
-
-def weights_path(number: int) -> str:
-    """Where trial ``number`` keeps its pruned weights, relative to the run directory."""
-    return f"trials/trial-{number:06d}.pt"
 
 
 class TrialStopped(Exception):

@@ -24,6 +24,7 @@ CONFIG = {
     "trials": 4,
     "workers": 1,
     "tracking": {"enabled": False},
+    "keep_weights": "all",  # trial 0 is exported by number
 }
 
 

@@ -24,7 +24,8 @@ def searched(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("export")
     space = cwd / "space.yaml"
     space.write_text(SMOKE.read_text() + f"enqueue:\n  - {STRUCTURED}\n")
-    cli(cwd, "search", space, "--trials", 6, "--run-dir", "runs/smoke", "--json", *FAST)
+    cli(cwd, "search", space, "--trials", 6, "--run-dir", "runs/smoke", "--json", *FAST,
+        "--set", "keep_weights=all")  # trial 0 is exported by number
     return cwd
 
 
@@ -60,6 +61,16 @@ def test_exported_onnx_reproduces_the_trial_and_is_physically_smaller(searched):
     for kind in ("onnx", "onnx_int8", "torch_export", "safetensors"):
         assert (out / card["files"][kind]["path"]).stat().st_size == card["files"][kind]["bytes"]
     assert card["files"]["onnx_int8"]["bytes"] < card["files"]["onnx"]["bytes"]
+    # a tiny network is timed on the largest batch, each runtime's median inside its quartiles
+    assert card["latency_batch"] == 2048
+    assert all(5 <= rounds <= 100 for rounds in card["latency_timing"]["rounds"].values())
+    assert set(card["latency_timing"]["rounds"]) == set(card["speedup"]) == {"pytorch", "onnx"}
+    for runtime, (low, high) in card["latency_timing"]["quartiles_ms"].items():
+        assert low <= card["latency_ms"][runtime] <= high
+    lat = card["latency_ms"]
+    assert card["speedup"] == {rt: pytest.approx(lat[f"dense_{rt}"] / lat[f"exported_{rt}"], rel=1e-3)
+                               for rt in ("pytorch", "onnx")}
+    assert set(lat) == {"dense_pytorch", "exported_pytorch", "dense_onnx", "exported_onnx", "exported_onnx_int8"}
 
 
 def test_pick_rules_and_constraints(searched):
@@ -101,6 +112,7 @@ def test_bad_exports_exit_2_and_leave_nothing_behind(searched, tmp_path):
         (["export", copy, "--pick", "best-middle", "-o", tmp_path / "o5"], "--pick 'best-middle' is unknown; allowed"),
         (["export", copy, "--format", "tflite", "-o", tmp_path / "o6"], "allowed formats are onnx,torchscript,safetensors"),
         (["export", copy, "--format", "safetensors", "--quantize", "int8", "-o", tmp_path / "o7"], "include onnx"),
+        (["export", copy, "--latency-batch", 0, "-o", tmp_path / "o8"], "--latency-batch 0: must be a whole number >= 1"),
         (["export", copy, "-o", tmp_path / "full"], "exists and is not an empty folder"),
         (["export", copy, "-o", tmp_path / "a-file" / "out"], "cannot write into"),
     ]
@@ -186,7 +198,8 @@ def test_every_pareto_trial_of_a_resnet_search_exports_as_exactly_the_trial_mode
             np.testing.assert_allclose(values, expected[task].numpy(), rtol=1e-4, atol=1e-4)
             assert card["test_metrics"]["exported_pytorch"][task] == pytest.approx(
                 TrialRecord.from_trial(trial).result.test_metrics[task], abs=1e-3)
-        assert card["removed_units"] >= TrialRecord.from_trial(trial).result.empty_units, "every empty unit goes"
+        assert card["removed_units"] + sum(card["kept_to_align_channels"].values()) >= \
+            TrialRecord.from_trial(trial).result.empty_units, "every empty unit goes"
         if card["removed_units"]:
             assert card["parameters"]["exported"] < card["parameters"]["dense"]
             assert card["flops"]["exported"] < card["flops"]["dense"] == dense_flops
@@ -271,16 +284,16 @@ def test_every_pareto_trial_of_a_torchvision_or_timm_style_search_exports_with_o
     from automtl import pareto
     from automtl.exporting import export
 
-    monkeypatch.setattr("automtl.exporting.LATENCY_BATCH", 64)
     run = architecture_searches / model
     front = pareto.front(RunDir(run).load_study())
     assert front
     for trial in front:
         card = export(run, tmp_path / f"t{trial.number}", trial=trial.number,
-                      formats=["onnx", "torchscript", "sparse"]).card
+                      formats=["onnx", "torchscript", "sparse"], latency_batch=64).card
         record = TrialRecord.from_trial(trial).result
         assert card["onnx_vs_pytorch"]["max_diff_vs_scale"] <= card["onnx_vs_pytorch"]["tolerance"] == 1e-4
-        assert card["removed_units"] >= record.empty_units, card["kept_whole"]
+        assert card["removed_units"] + sum(card["kept_to_align_channels"].values()) >= record.empty_units, \
+            card["kept_whole"]
         for task, value in card["test_metrics"]["exported_onnx"].items():
             assert value == pytest.approx(record.test_metrics[task], abs=1e-3)
         assert trial.values[-1] == card["flops"]["exported"], "the flops objective is the exported model's"

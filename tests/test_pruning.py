@@ -351,9 +351,10 @@ class GroupedConvNet(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-def test_a_grouped_convolutions_units_are_channel_positions_in_every_group(zoo):
+def test_a_grouped_convolutions_units_are_channel_positions_in_every_group(zoo, monkeypatch):
     from automtl.pruning.shrink import shrink
 
+    monkeypatch.setattr("automtl.pruning.shrink.CHANNEL_MULTIPLE", 1)  # 8 channels: aligned, none would go
     problem, _ = zoo("mlp")
     torch.manual_seed(0)
     model = GroupedConvNet().eval()
@@ -405,8 +406,9 @@ def test_every_zoo_model_pruned_by_a_structured_strategy_shrinks_to_the_same_out
     empty = sum(int(group.empty().sum()) for group in ctx.groups)
     shrunk, report = _shrunk(model, problem)
     assert not set(report.removed) & set(ctx.refused), "a refused group lost units"
-    assert report.removed_units >= empty, f"every empty unit goes: {report.kept_whole}"
-    assert (sum(p.numel() for p in shrunk.parameters()) < sum(p.numel() for p in model.parameters())) == (empty > 0)
+    assert report.removed_units + report.aligned_units >= empty, f"every empty unit goes: {report.kept_whole}"
+    assert (sum(p.numel() for p in shrunk.parameters()) < sum(p.numel() for p in model.parameters())) == (
+        report.removed_units > 0)
     inputs = problem.test.inputs[:128]
     with torch.no_grad(), in_mode(model, False):
         expected, got = task_outputs(model(inputs), problem.task_names), task_outputs(shrunk(inputs), problem.task_names)
@@ -513,3 +515,45 @@ def test_a_group_whose_cut_fails_stays_whole_and_the_others_still_shrink(zoo):
     assert report.removed == {"blocks.1.mlp.fc1": 5}
     assert "removing its units fails (RuntimeError" in report.kept_whole["blocks.0.attn.qkv"]
     assert shrunk.blocks[1].mlp.fc1.out_features == 43 and shrunk.blocks[0].attn.qkv.out_features == 72
+
+
+def test_a_convolution_keeps_a_multiple_of_eight_channels_and_linear_layers_shrink_fully(small_digits):
+    """onnxruntime's CPU convolutions run channel counts that are multiples of 8 much faster: shrink keeps the
+    strongest removable channels up to the next multiple (never more than the layer had)."""
+    from automtl import ModelSpec
+    from automtl.pruning.shrink import CHANNEL_MULTIPLE, shrink
+
+    torch.manual_seed(0)
+    problem = small_digits
+    model = problem.build_model(ModelSpec("cnn", (40,), (20, 12))).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    fc = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        for layer, silenced in ((convs[0], 11), (convs[1], 1), (fc, 13)):
+            layer.weight[:silenced] = 0
+            layer.bias[:silenced] = -1.0  # ReLU of a negative constant: silent units
+    shrunk = copy.deepcopy(model)
+    report = shrink(shrunk, problem.val.inputs[:128], problem.task_names)
+    convs_after = [m for m in shrunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs_after] == [16, 12]  # 9 left -> 16; 11 left -> all 12
+    assert report.aligned[next(n for n, m in model.named_modules() if m is convs[0])] == 7
+    assert all(c.out_channels % CHANNEL_MULTIPLE == 0 or c.out_channels == 12 for c in convs_after)
+    assert next(m for m in shrunk.modules() if isinstance(m, torch.nn.Linear)).out_features == 40 - 13
+    with torch.no_grad():
+        inputs = problem.test.inputs[:64]
+        for name in problem.task_names:
+            torch.testing.assert_close(shrunk(inputs)[name], model(inputs)[name], rtol=1e-4, atol=1e-4)
+
+
+def test_a_grouped_convolution_keeps_a_multiple_of_eight_channels_across_its_groups(zoo):
+    from automtl.pruning.shrink import shrink
+
+    problem, _ = zoo("mlp")
+    model = GroupedConvNet().eval()  # "conv": 8 channels in 2 groups of 4 positions
+    x = problem.val.inputs[:32]
+    with torch.no_grad():
+        for channel in (2, 6):  # position 2 in both groups: 6 channels would be left
+            model.conv.weight[channel] = 0
+            model.conv.bias[channel] = 0
+    report = shrink(model, x, problem.task_names)
+    assert report.removed == {} and report.aligned == {"conv": 1} and model.conv.out_channels == 8

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from automtl.backends import ray as ray_backend
 from automtl.config import load
 from automtl.errors import UserError
+from automtl.records import TrialRecord
 from automtl.rundir import RunDir
 from automtl.trial import AUTO_BATCH, Bench
 from tests.conftest import FIXTURES
@@ -194,3 +195,46 @@ def test_a_local_mlflow_store_on_a_multi_node_cluster_is_warned_about(monkeypatc
         ray_backend._warn_unreachable_tracking("http://head:5000")
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "mlflow server" in warnings[0] and "postgresql" in warnings[0]
+
+
+def _most_at_once(trials) -> int:
+    """The most trials that were computing at the same moment (each from its end back by its compute time;
+    Optuna's start is when Tune asked, which may be before a slot was free)."""
+    spans = [(t.datetime_complete.timestamp() - TrialRecord.from_trial(t).compute_seconds,
+              t.datetime_complete.timestamp()) for t in trials]
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_gpus_ray_declares_pack_fractional_trials_and_a_gpu_torch_cannot_see_fails_clearly(tmp_path):
+    """On this CPU machine a local Ray declares 2 GPUs it does not have: --gpus-per-trial 0.5 runs four trials
+    at once, two on each GPU id (what CUDA_VISIBLE_DEVICES gives each); what needs a real GPU is in
+    docs/cluster.md."""
+    import ray
+
+    from automtl import api
+
+    common = ["backend.name=ray", "backend.gpus_per_trial=0.5", "backend.cpus_per_trial=0.5",
+              "backend.max_concurrent=4", "trial_batch=1", "tracking.enabled=false", "fine_tune.epochs=8",
+              "problem.options.train_pairs=3000", "dense.epochs=6"]
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        # device cpu: computing on the CPU although Ray gave the trial a GPU is asked for explicitly
+        api.search(SMOKE, run_dir=tmp_path / "packed", overrides=[*common, "trials=8", "backend.device=cpu"])
+        # device auto: a GPU torch cannot see is a failure with its reason, not a silent CPU run
+        api.search(SMOKE, run_dir=tmp_path / "unseen", overrides=[*common, "trials=2"])
+    finally:
+        ray.shutdown()
+    packed = RunDir(tmp_path / "packed").load_study().trials
+    assert all(t.state == TrialState.COMPLETE for t in packed) and len(packed) == 8
+    assert _most_at_once(packed) == 4
+    gpus = [t.user_attrs["worker"].rsplit(" gpu ", 1)[1] for t in packed]
+    assert set(gpus) == {"0", "1"}
+    unseen = RunDir(tmp_path / "unseen").load_study().trials
+    assert [t.state for t in unseen] == [TrialState.FAIL] * 2
+    assert all("but torch on" in t.user_attrs["fail_reason"] and "sees no GPU" in t.user_attrs["fail_reason"]
+               for t in unseen)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def test_resume_with_a_different_config_names_the_difference(smoke_run):
     result = cli("search", SMOKE, "--run-dir", run_dir, "--resume", *FAST, "--set", "fine_tune.epochs=9", check=False)
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "'fine_tune.epochs' (1 there, 9 now)" in message
-    assert "only trials, timeout, workers, threads, trial_batch, tracking, backend, data may change" in message
+    assert ("only trials, timeout, workers, threads, trial_batch, tracking, backend, data, keep_weights may change"
+            in message)
 
 
 def test_a_concurrent_search_on_a_locked_directory_is_refused(smoke_run):
@@ -151,17 +153,30 @@ def test_enqueued_plans_run_first_exactly_as_written(tmp_path):
     assert first.user_attrs["loss_weights"] == pytest.approx({"left": 0.7, "right": 0.3})
 
 
+def test_the_study_is_named_after_the_config_and_an_old_run_directory_still_loads(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    assert RunDir(run_dir).load_study().study_name == "smoke"  # what optuna-dashboard shows
+    old = tmp_path / "old"  # a run directory from before: its journal's study is "automtl", no study.json
+    old.mkdir()
+    shutil.copy(run_dir / "config.yaml", old / "config.yaml")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(old / "study.journal")))
+    optuna.create_study(study_name="automtl", storage=storage, directions=["maximize"] * 3)
+    assert RunDir(old).load_study().study_name == "automtl"
+
+
 def test_ctrl_c_keeps_finished_trials_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "interrupted"
     args = [sys.executable, "-m", "automtl", "search", str(SMOKE), "--trials", "40", "--workers", "2",
             "--run-dir", str(run_dir), *FAST, "--set", "fine_tune.epochs=3"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # started with SIGINT ignored, as a shell script's background job is: Ctrl-C must still stop it
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 120
     while len(_completed(run_dir)) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground group
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr
     assert f"--resume --run-dir {run_dir}" in " ".join(stderr.split())
     study = RunDir(run_dir).load_study()
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) >= 3

@@ -3,9 +3,11 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,8 @@ def test_search_logs_one_parent_and_one_child_per_trial(tracked):
     assert len(parents) == 1 and sorted(children) == list(range(TRIALS))
     parent = parents[0]
     assert parent.data.params["sampler"] == "tpe" and "magnitude" in parent.data.params["strategies"]
+    assert parent.info.status == "FINISHED", "a completed search's run ends"
+    assert {"dense.accuracy.left", "dense.accuracy.right"} <= set(parent.data.metrics)
     for number, run in children.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags["state"] == "complete"
@@ -127,9 +131,53 @@ def test_a_child_run_left_without_metrics_is_completed_by_the_sync(tracked, tmp_
 def test_resumed_search_reattaches_to_its_parent_run(tracked, tmp_path):
     cwd = tmp_path / "resumed"
     shutil.copytree(tracked, cwd)
-    cli(cwd, "search", SMOKE, "--trials", TRIALS + 3, "--run-dir", "runs/smoke", "--resume", "--json", *FAST)
+    result = cli(cwd, "search", SMOKE, "--trials", TRIALS + 3, "--run-dir", "runs/smoke", "--resume", "--json", *FAST)
     _, parents, children = study_runs(cwd)
     assert len(parents) == 1 and sorted(children) == list(range(TRIALS + 3))
+    look = json.loads(result.stdout)["mlflow"]  # where the end of a search says to look
+    assert look["url"].endswith(f"/#/experiments/{parents[0].info.experiment_id}?workflowType=machine_learning")
+    assert look["ui_command"] == f"mlflow ui --backend-store-uri sqlite:///{cwd.resolve()}/mlflow.db"
+
+
+def test_the_study_run_is_killed_when_interrupted_and_finished_when_resumed_or_repaired(tmp_path):
+    from tests.test_search import _completed
+
+    run_dir = tmp_path / "runs" / "smoke"
+    args = ["search", str(SMOKE), "--trials", 40, "--run-dir", run_dir, *FAST, "--set", "fine_tune.epochs=3"]
+    proc = subprocess.Popen([sys.executable, "-m", "automtl", *map(str, args)], cwd=tmp_path, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+    while len(_completed(run_dir)) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    c, parents, _ = study_runs(tmp_path)
+    assert parents[0].info.status == "KILLED"
+    cli(tmp_path, "search", SMOKE, "--trials", 4, "--run-dir", run_dir, "--resume", *FAST, "--set", "fine_tune.epochs=3")
+    assert study_runs(tmp_path)[1][0].info.status == "FINISHED"
+    # a search killed outright (SIGKILL) leaves its run RUNNING; the sync sets what the study says
+    c.update_run(parents[0].info.run_id, status="RUNNING")
+    cli(tmp_path, "report", "runs/smoke", "--sync-mlflow")
+    assert study_runs(tmp_path)[1][0].info.status == "FINISHED"
+
+
+def test_the_study_run_fails_when_the_search_dies(tmp_path, monkeypatch):
+    import automtl
+    from automtl.backends import local
+    from mlflow.tracking import MlflowClient
+
+    def dies(*_args, **_kwargs):
+        raise RuntimeError("a worker's machine went away")
+
+    monkeypatch.setattr(local, "run", dies)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = {"name": "dies", "problem": {"name": "multidigits", "options": {"train_pairs": 600, "eval_pairs": 200}},
+              "dense": {"epochs": 1}, "trials": 2, "tracking": {"uri": uri},
+              "pruning": {"strategies": {"magnitude": None}}}
+    with pytest.raises(RuntimeError, match="went away"):
+        automtl.search(config, run_dir=tmp_path / "runs" / "dies")
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("dies/dies").experiment_id])
+    assert [r.info.status for r in runs if r.data.tags.get("automtl.role") == "study"] == ["FAILED"]
 
 
 def _free_port():

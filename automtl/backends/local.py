@@ -27,7 +27,7 @@ import torch
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl import progress, space, tracking
+from automtl import interrupts, progress, retention, space, tracking
 from automtl import trial as trial_mod
 from automtl.samplers import make_sampler
 from automtl.backends.base import (INTERRUPTED, budget_used, mark_interrupted, record_failure,
@@ -50,6 +50,7 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
     tracker = tracking.Tracker.attach(study)
     batch, ran = bench.trial_batch(), 0
     while True:
+        interrupts.check()
         with run.asking():
             left = config.trials - budget_used(study)
             if left <= 0 or (deadline is not None and time.time() >= deadline):
@@ -61,6 +62,8 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
 
         def tell(index: int, outcome: trial_mod.Outcome) -> None:
             finished = _tell(study, untold.pop(index), outcome)
+            if finished.state == TrialState.COMPLETE:
+                retention.release_dominated(run, study, config.keep_weights)
             if tracker:
                 tracker.log_trial(finished)
 
@@ -114,6 +117,7 @@ def _die_with_parent(parent: int) -> None:
 def _child(path: str, worker: int, deadline: float | None, threads: int, parent: int,
            bench: trial_mod.Bench | None) -> None:
     _die_with_parent(parent)
+    interrupts.defer()  # _stop's SIGINT (and the terminal's) stops the worker between batches
     torch.set_num_threads(threads)
     # Handlers inherited through fork may hold locks of threads that did not survive it.
     logging.basicConfig(level=logging.WARNING, format=f"[worker {worker}] %(message)s", force=True)
@@ -180,7 +184,9 @@ def run(
         with reporting(run_dir, config.trials, on_progress):
             work(run_dir, 0, deadline, bench)
             for child in children:
-                child.join()
+                while child.is_alive():  # a stop requested while waiting is passed on to the children
+                    child.join(timeout=0.5)
+                    interrupts.check()
     except BaseException:
         _stop(children)
         raise

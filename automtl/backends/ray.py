@@ -52,7 +52,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from automtl import objectives, progress, space, tracking
+from automtl import interrupts, objectives, progress, retention, space, tracking
 from automtl import trial as trial_mod
 from automtl.samplers import make_sampler
 from automtl.backends.base import (budget_used, mark_interrupted, record_failure, record_plan,
@@ -161,6 +161,7 @@ class StudySearcher(OptunaSearch):
                           self._ot_study.user_attrs)
             member.set_user_attr("worker", payload["worker"])
             self._ot_study.tell(member, payload["values"])
+            retention.release_dominated(self._run, self._ot_study, self._config.keep_weights)
         elif result.get(STOPPED):
             stop = json.loads(result[STOPPED])
             record_stop(member, stop["epochs"], stop["metrics"], stop["seconds"], self._ot_study.user_attrs)
@@ -220,18 +221,33 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
     ends and log its MLflow child run. Members the study already has (a restored batch) are skipped."""
     torch.set_num_threads(max(1, int(bench.config.backend.cpus_per_trial)))
     started = datetime.now()
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    gpus = ray.get_gpu_ids()  # what Ray gave this trial (it sets CUDA_VISIBLE_DEVICES to them)
+    worker = f"{socket.gethostname()}:{os.getpid()}" + (f" gpu {','.join(map(str, gpus))}" if gpus else "")
     members = [(space.TrialPlan(**m[PLAN]), m[NUMBER]) for m in params[BATCH]]
-    if not bench.run_dir.is_dir():
-        missing = trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on "
-                                        f"{socket.gethostname()}; put it on storage every node mounts (docs/cluster.md)")
+    unfit = _unfit_worker(bench, gpus)
+    if unfit:
         for plan, number in members:
-            _report((plan, number, None), missing, bench, tracking_attrs, worker, started)
+            _report((plan, number, None), unfit, bench, tracking_attrs, worker, started)
         return
     study = _study(str(bench.run_dir))
     jobs = [(plan, number, _gate(bench, number)) for plan, number in members if not _finished(study, number)]
     trial_mod.run_batch(jobs, bench, lambda index, outcome: _report(
         jobs[index], outcome, bench, tracking_attrs, worker, started))
+
+
+def _unfit_worker(bench: trial_mod.Bench, gpus: list) -> trial_mod.TrialFailed | None:
+    """Why this worker cannot run the batch: the run directory is not visible here, or Ray gave it a GPU that
+    torch cannot see (with ``backend.device: auto`` its trials would silently compute on the CPU)."""
+    if not bench.run_dir.is_dir():
+        return trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
+                                     "put it on storage every node mounts (docs/cluster.md)")
+    if gpus and bench.config.backend.device != "cpu" and not torch.cuda.is_available():
+        return trial_mod.TrialFailed(
+            f"Ray gave this trial GPU {','.join(map(str, gpus))} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but torch on {socket.gethostname()} sees no GPU "
+            f"(torch {torch.__version__}, a CPU build or no driver); install a CUDA build of torch there, "
+            "or search with --gpus-per-trial 0, or set backend.device: cpu to compute on the CPU anyway")
+    return None
 
 
 def _finished(study: optuna.Study, number: int) -> bool:
@@ -360,6 +376,17 @@ def _slots(config: SearchConfig) -> int:
     return max(1, min(fits, config.backend.max_concurrent or fits))
 
 
+class _StopRequested(tune.Stopper):
+    """Ends Tune's experiment once the search was asked to stop (:mod:`automtl.interrupts`: a SIGTERM, or a
+    Ctrl-C that came before Tune took over SIGINT)."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return interrupts.requested()
+
+
 def _tuner(run_dir: RunDir, config: SearchConfig, trainable: Callable) -> tune.Tuner:
     """Restore Tune's experiment in the run directory when there is one, else start a new one."""
     experiment = run_dir.path / EXPERIMENT
@@ -372,7 +399,7 @@ def _tuner(run_dir: RunDir, config: SearchConfig, trainable: Callable) -> tune.T
         tune_config=tune.TuneConfig(search_alg=StudySearcher(str(run_dir.path)), num_samples=-1,
                                     max_concurrent_trials=config.backend.max_concurrent, reuse_actors=True,
                                     trial_dirname_creator=_trial_dirname),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.path), verbose=0,
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir.path), verbose=0, stop=_StopRequested(),
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
@@ -411,3 +438,4 @@ def run(
     # Tune returns normally on Ctrl-C; trials still running in the study tell us it stopped early.
     if run_dir.load_study().get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         raise KeyboardInterrupt
+    interrupts.check()

@@ -9,7 +9,9 @@ the candidates are first *zeroed in a copy* of the model, member by member, and
 the copy's outputs compared with the model's on a check batch; when zeroing
 changes any output (an activation with ``f(0) != 0``, a coupling the graph did
 not see) only the unheard units are tried, and failing that the group is left
-whole and named. Then Torch-Pruning cuts the accepted units from a copy, which
+whole and named. A convolution keeps a multiple of :data:`CHANNEL_MULTIPLE`
+channels, the strongest of its removable units (``aligned``), which
+onnxruntime runs much faster than other counts. Then Torch-Pruning cuts the accepted units from a copy, which
 is compared with the original on the check batch: when the cut raises or
 changes an output, the groups are cut one by one, and a group whose cut fails
 stays whole and is named with the reason (``kept_whole``, beside the groups
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 ATOL = RTOL = 1e-4  # shrunk vs original outputs: |a - b| <= 1e-4 + 1e-4 * |b|
 CHECK_SAMPLES = 256  # validation inputs on which removals are checked (trials and export alike)
 PROBE_SAMPLES = 64  # inputs on which discovery checks that every group can be cut
+# A convolution keeps a multiple of this many channels (or all it had): onnxruntime's CPU convolutions (MLAS
+# NCHWc) block channels by 8 and take a slower path for other counts, which made a shrunk ResNet-18 2.3x and a
+# ConvNeXt 2.1x slower there at the same widths (PyTorch does not care; docs/BENCHMARKS.md).
+CHANNEL_MULTIPLE = 8
 HEADS_HINT = ("; attention heads can go only when the forward reshapes by the heads left (num_heads, and "
               "reshape(B, N, -1) after attention, as Torch-Pruning's timm example does), not by the input width")
 
@@ -54,11 +61,16 @@ class ShrinkFailed(Exception):
 @dataclass
 class ShrinkReport:
     removed: dict[str, int] = field(default_factory=dict)  # group root -> units removed
+    aligned: dict[str, int] = field(default_factory=dict)  # group root -> removable units kept (CHANNEL_MULTIPLE)
     kept_whole: dict[str, str] = field(default_factory=dict)  # group root (or "model") -> why nothing went
 
     @property
     def removed_units(self) -> int:
         return sum(self.removed.values())
+
+    @property
+    def aligned_units(self) -> int:
+        return sum(self.aligned.values())
 
 
 @torch.no_grad()
@@ -179,6 +191,23 @@ def removable_groups(model: nn.Module, sample: Tensor, task_names: list[str],
     return found
 
 
+def _aligned(group: UnitGroup, gone: Tensor, model: nn.Module) -> Tensor:
+    """``gone`` less its strongest units, so that a convolution keeps a multiple of :data:`CHANNEL_MULTIPLE`
+    channels (at most all it has; a grouped convolution's unit is a channel of each group); other layers and
+    attention heads as they are."""
+    if group.heads or not isinstance(model.get_submodule(group.name), nn.modules.conv._ConvNd):
+        return gone
+    step = CHANNEL_MULTIPLE // math.gcd(CHANNEL_MULTIPLE, len(group.root.index) // group.units)  # in units
+    left = group.units - int(gone.sum())
+    back = min(group.units, -(-left // step) * step) - left
+    if back <= 0:
+        return gone
+    removable = torch.nonzero(gone).flatten()
+    gone = gone.clone()
+    gone[removable[group.strength()[removable].argsort(descending=True)[:back]]] = False
+    return gone
+
+
 def _candidates(model: nn.Module, check_inputs: Tensor, expected: dict[str, Tensor], report: ShrinkReport
                 ) -> list[tuple[UnitGroup, list[int]]]:
     """Per group, the units whose zeroing leaves the outputs on ``check_inputs`` (``expected``) unchanged;
@@ -197,11 +226,18 @@ def _candidates(model: nn.Module, check_inputs: Tensor, expected: dict[str, Tens
     accepted = []
     for group in found.groups:
         unheard = group.unheard()
-        for gone in (group.empty() | _silent(group, acts[group.name]) | unheard, unheard):
-            if gone.all():  # never empty a layer: keep the strongest unit
-                gone[int(group.strength().argmax())] = False
+        for removable in (group.empty() | _silent(group, acts[group.name]) | unheard, unheard):
+            if removable.all():  # never empty a layer: keep the strongest unit
+                removable[int(group.strength().argmax())] = False
+            gone = _aligned(group, removable, model)
+            kept = int(removable.sum() - gone.sum())
+            if removable.any() and not gone.any():  # all kept to align the channel count
+                report.aligned[group.name] = kept
+                break
             if gone.any() and _zeroing_keeps_outputs(group, gone, trial, check_inputs, expected):
                 accepted.append((group, torch.nonzero(gone).flatten().tolist()))
+                if kept:
+                    report.aligned[group.name] = kept
                 break
         else:
             if (group.empty() | unheard).any():

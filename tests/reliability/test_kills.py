@@ -1,4 +1,7 @@
-"""SIGKILL at any moment (dense training, a trial, a half-written checkpoint), then --resume: nothing is lost."""
+"""SIGKILL at any moment (dense training, a trial, a half-written checkpoint), then --resume: nothing is lost.
+
+The search keeps the weights of the front only (``keep_weights: front``, the default): every trial that may
+still be exported keeps its weights through every kill; dominated trials' weights go."""
 
 import json
 import random
@@ -20,13 +23,14 @@ def _search(run_dir, resume=False, **faults):
 
 
 def _check_nothing_lost(run_dir, before: dict) -> dict:
-    """Finished trials only ever accumulate, unchanged; every checkpoint in place loads and passes its checksum."""
+    """Finished trials only ever accumulate, unchanged; every front trial's weights are there, load and pass
+    their checksum (a dominated trial's may be gone); every checkpoint in place loads."""
     now = _completed(run_dir)
     assert all(number in now and now[number] == values for number, values in before.items())
     study = RunDir(run_dir).load_study() if before or now else None
-    for number in now:
-        trial = study.trials[number]
-        checkpoints.load(run_dir / trial.user_attrs["weights"])  # raises CorruptCheckpoint if damaged
+    for number, values in now.items():
+        if not _dominated(values, now.values()):
+            checkpoints.load(run_dir / study.trials[number].user_attrs["weights"])  # raises if damaged or gone
     for path in [*run_dir.glob("dense/*.pt"), *run_dir.glob("trials/*.pt")]:
         checkpoints.load(path)  # only whole files are ever renamed into place; half-written ones stay .tmp
     return now
@@ -79,3 +83,6 @@ def test_sigkill_at_random_moments_then_resume_finishes_the_study(tmp_path, tall
     front = json.loads(out)["front"]
     expected = {n for n, v in done.items() if not _dominated(v, done.values())}
     assert {row["trial"] for row in front} == expected
+    # and only they keep weights: each dominated trial's went once another trial dominated it
+    kept = {int(path.stem.split("-")[1]) for path in run_dir.glob("trials/*.pt")}
+    assert kept == expected

@@ -116,7 +116,8 @@ def test_the_cli_refuses_bad_files_with_exit_2_and_writes_nothing(tmp_path, caps
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("searched") / "run"
-    cli("search", SMOKE, "--trials", 3, "--run-dir", run_dir, "--json", *FAST, "--set", "tracking.enabled=false")
+    cli("search", SMOKE, "--trials", 3, "--run-dir", run_dir, "--json", *FAST, "--set", "tracking.enabled=false",
+        "--set", "keep_weights=all")  # trial 0 is exported by number
     return run_dir
 
 
