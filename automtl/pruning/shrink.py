@@ -47,8 +47,8 @@ ATOL = RTOL = 1e-4  # shrunk vs original outputs: |a - b| <= 1e-4 + 1e-4 * |b|
 CHECK_SAMPLES = 256  # validation inputs on which removals are checked (trials and export alike)
 PROBE_SAMPLES = 64  # inputs on which discovery checks that every group can be cut
 # A convolution keeps a multiple of this many channels (or all it had): onnxruntime's CPU convolutions (MLAS
-# NCHWc) block channels by 8 and take a slower path for other counts, which made a shrunk ResNet-18 2.3x and a
-# ConvNeXt 2.1x slower there at the same widths (PyTorch does not care; docs/BENCHMARKS.md).
+# NCHWc) block channels by 8 and take a slower path for other counts, which made a shrunk ResNet-18 about 3x and a
+# ConvNeXt about 1.7x slower there at nearly the same widths (PyTorch does not care; docs/BENCHMARKS.md).
 CHANNEL_MULTIPLE = 8
 HEADS_HINT = ("; attention heads can go only when the forward reshapes by the heads left (num_heads, and "
               "reshape(B, N, -1) after attention, as Torch-Pruning's timm example does), not by the input width")
