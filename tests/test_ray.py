@@ -11,6 +11,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 
+from automtl import pareto
 from automtl.backends import ray as ray_backend
 from automtl.config import load
 from automtl.errors import UserError
@@ -57,8 +58,10 @@ def test_ray_search_spends_the_budget_with_the_local_result_schema(runs):
     front = json.loads(cli(cwd, "pareto", "runs/ray", "--json").stdout)
     assert front and front == ray_out["front"]
     study = RunDir(cwd / "runs/ray").load_study()
+    on_front = {t.number for t in pareto.front(study)}
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
-        assert (cwd / "runs/ray" / trial.user_attrs["weights"]).exists()
+        # keep_weights: front, as on the local backend: a dominated trial's weights went
+        assert (cwd / "runs/ray" / trial.user_attrs["weights"]).exists() == (trial.number in on_front)
         local_keys = set(RunDir(cwd / "runs/local").load_study().trials[0].user_attrs)
         assert set(trial.user_attrs) == local_keys
 

@@ -14,7 +14,7 @@ TRIALS = 8
 
 def _args(run_dir):
     return ["search", SMOKE, "--trials", TRIALS, "--run-dir", run_dir, "--json", *FAST,
-            "--set", "tracking.enabled=false"]
+            "--set", "tracking.enabled=false", "--set", "keep_weights=all"]  # every trial written is checked
 
 
 def test_disk_full_during_a_trial_stops_the_search_and_keeps_what_was_written(tmp_path, tally):
