@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -16,7 +17,7 @@ from torch import nn
 
 from automtl import config as config_mod
 from automtl import dense as dense_mod
-from automtl import focus, interrupts, objectives, pareto, progress, records, report, retention, tracking
+from automtl import fidelity, focus, interrupts, objectives, pareto, progress, records, report, retention, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
@@ -123,6 +124,9 @@ def _prepare_run_dir(config: SearchConfig, run: RunDir, resume: bool) -> SearchC
     if resume:
         run.require()
         stored = run.load_config()
+        if config.fine_tune.epochs == "auto" and stored.fine_tune.epochs != "auto":  # the rule chose at the start
+            config = config.model_copy(update={"fine_tune": config.fine_tune.model_copy(
+                update={"epochs": stored.fine_tune.epochs}), "rungs": stored.rungs})
         difference = _first_difference(stored.study_identity(), config.study_identity())
         if difference:
             field, old, new = difference
@@ -215,7 +219,8 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
         study.set_user_attr(key, value)
     for plan in [*config.seed_plans(problem.task_names), *config.enqueue]:
         method = plan.loss_method or config.loss_weights.methods[0]
-        decoded = TrialPlan(plan.order, plan.thresholds, method, plan.loss_weights, plan.distillation, plan.lr)
+        decoded = TrialPlan(plan.order, plan.thresholds, method, plan.weights_for(problem.task_names), plan.distillation,
+                            plan.lr)
         study.enqueue_trial(encode(decoded, config, problem.task_names))
     return study
 
@@ -337,6 +342,10 @@ def search(
         tracker = tracking.start(study, config, run.path)
         with tracking.parent_status(tracker):  # RUNNING now; FINISHED, KILLED or FAILED as it ends
             bench = Bench.prepare(config, run.path, problem, reference)
+            if config.fine_tune.epochs == "auto":
+                config = fidelity.resolve(config, study, bench.problem, bench.dense, backend.trial_threads(config))
+                run.write_config(config)
+                bench = dataclasses.replace(bench, config=config)
             _describe_dense(study, bench)
             try:
                 backend.run(run, config, bench, on_progress)
@@ -377,12 +386,14 @@ def _open_study(run: RunDir, config: SearchConfig, problem: Problem, total_param
 
 
 def status(run_dir: str | Path) -> dict:
-    """Trial counts by state, budget, front size, hypervolume, time spent and disk use (``disk``: bytes of
-    the run directory, of them the kept trial weights', their count, and the ``keep_weights`` rule)."""
+    """Trial counts by state, budget, front size, hypervolume, time spent, disk use (``disk``: bytes of the
+    run directory, of them the kept trial weights', their count, and the ``keep_weights`` rule) and the full
+    fine-tune (``fine_tune``: its ``epochs``, and ``chosen``: what the rule measured, when it chose them)."""
     run = RunDir(run_dir).require()
-    config = run.load_config()
+    config, study = run.load_config(), run.load_study()
     disk = retention.disk_use(run) | {"keep_weights": config.keep_weights}
-    return progress.take(run.load_study(), config.trials).as_dict() | {"disk": disk}
+    fine_tune = {"epochs": config.fine_tune.epochs, "chosen": study.user_attrs.get(fidelity.FIDELITY)}
+    return progress.take(study, config.trials).as_dict() | {"disk": disk, "fine_tune": fine_tune}
 
 
 def pareto_front(run_dir: str | Path, where: list[str] = ()) -> list[dict]:

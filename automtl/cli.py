@@ -136,6 +136,7 @@ BACKEND_FLAGS = {"backend": "name", "address": "address", "cpus_per_trial": "cpu
 def cmd_search(args: argparse.Namespace) -> None:
     overrides = list(args.set)
     overrides += [f"trials={args.trials}"] if args.trials is not None else []
+    overrides += [f"timeout={args.timeout}"] if args.timeout is not None else []
     overrides += [f"workers={args.workers}"] if args.workers is not None else []
     overrides += [f"trial_batch={args.trial_batch}"] if args.trial_batch is not None else []
     for flag, field in BACKEND_FLAGS.items():
@@ -232,6 +233,10 @@ def cmd_status(args: argparse.Namespace) -> None:
     console.print(f"budget {status['budget']}; front {status['front_size']} trials, hypervolume "
                   f"{status['hypervolume']:.4f}; {status['compute_seconds']:.0f}s of trial compute over "
                   f"{status['elapsed_seconds']:.0f}s", soft_wrap=True)
+    fine_tune, chosen = status["fine_tune"], status["fine_tune"]["chosen"]
+    console.print(f"full fine-tune: {fine_tune['epochs']} epochs" + (
+        f" (epochs auto: one epoch took {chosen['epoch_seconds']:.2f} s on {chosen['threads']} threads, budget "
+        f"{chosen['budget_seconds']:.0f} s)" if chosen else ""), soft_wrap=True)
     disk = status["disk"]
     console.print(f"disk: {disk['bytes'] / 2**20:.1f} MiB, of which {disk['weights_files']} trials' weights "
                   f"{disk['weights_bytes'] / 2**20:.1f} MiB (keep_weights: {disk['keep_weights']})", soft_wrap=True)
@@ -316,6 +321,8 @@ def _add_search(sub) -> None:
     p = sub.add_parser("search", help="run (or resume) the joint search of a search-space file")
     p.add_argument("config", help="a search-space YAML file, e.g. search_spaces/smoke.yaml")
     p.add_argument("--trials", type=int, help="trial budget (overrides the file)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="time budget: no trial starts after it (overrides the file)")
     p.add_argument("--workers", type=int, help="worker processes (overrides the file)")
     p.add_argument("--trial-batch", metavar="K",
                    help="trials each worker fine-tunes together in one vectorised pass (a number, or auto)")

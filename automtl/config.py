@@ -27,6 +27,7 @@ from automtl.models import ARCHITECTURES, ModelSpec
 from automtl.problems import Problem, get_problem
 from automtl.pruning import STRATEGIES
 from automtl.pruning.base import AGGREGATES, HEADS
+from automtl.rungs import PROMOTIONS
 from automtl.samplers import SAMPLERS
 from automtl.optimizers import OPTIMIZERS, OptimizerSettings
 from automtl.schedules import SCHEDULES, WARMS_UP_ITSELF
@@ -170,7 +171,7 @@ class TrainSettings(Strict):
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> "TrainSettings":
-        if self.warmup_epochs >= self.epochs:
+        if self.epochs != "auto" and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs:g} must be below epochs {self.epochs}")
         if self.warmup_epochs and self.schedule in WARMS_UP_ITSELF:
             raise ValueError(f"schedule {self.schedule} warms up by itself: leave warmup_epochs at 0")
@@ -181,6 +182,8 @@ class TrainSettings(Strict):
 
     def recipe(self, lr: float | None = None) -> TrainConfig:
         """The :class:`~automtl.train.TrainConfig` of these settings (at learning rate ``lr`` if given)."""
+        if self.epochs == "auto":
+            raise ValueError("epochs auto is chosen at the search's start (automtl.fidelity.resolve)")
         return TrainConfig(epochs=self.epochs, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
                            optimizer=self.optimizer.settings(), schedule=self.schedule,
                            warmup_epochs=self.warmup_epochs, step_epochs=self.step_epochs or 1, gamma=self.gamma,
@@ -219,8 +222,11 @@ class GradualConfig(Strict):
 
 class FineTuneSettings(TrainSettings):
     """The fine-tune of every trial (its full fidelity when rungs stop trials early); ``lr`` may be a
-    searched range (each trial's plan then carries its own learning rate)."""
+    searched range (each trial's plan then carries its own learning rate), given in multiples of the dense
+    training's ``lr`` with ``relative: true``; ``epochs: auto`` is chosen at the search's start from the
+    measured cost of one epoch and the ``timeout`` (:mod:`automtl.fidelity`)."""
 
+    epochs: PositiveInt | Literal["auto"]
     lr: PositiveFloat | Range = 1e-3
     gradual: GradualConfig | None = None
 
@@ -231,20 +237,26 @@ class FineTuneSettings(TrainSettings):
             raise ValueError(f"a learning-rate range needs low > 0, got {value.low}")
         return value
 
+    @property
+    def middle_lr(self) -> float:
+        """The fixed learning rate, or the geometric middle of the searched range."""
+        return self.lr if isinstance(self.lr, float) else math.sqrt(self.lr.low * self.lr.high)
+
     def recipe(self, lr: float | None = None) -> TrainConfig:
-        """The :class:`~automtl.train.TrainConfig` of a trial with learning rate ``lr`` (default: the fixed
-        one, or the geometric middle of the searched range)."""
-        middle = self.lr if isinstance(self.lr, float) else math.sqrt(self.lr.low * self.lr.high)
-        return super().recipe(middle if lr is None else lr)
+        """The :class:`~automtl.train.TrainConfig` of a trial with learning rate ``lr`` (default:
+        :attr:`middle_lr`)."""
+        return super().recipe(self.middle_lr if lr is None else lr)
 
 
 class RungsConfig(Strict):
     """Multi-fidelity (MO-ASHA's stopping rule): a trial is judged after ``min_epochs`` fine-tune epochs,
-    then after every ``reduction``-fold more, and goes on only while it ranks in the best 1/``reduction``
-    (non-dominated rank, then crowding distance) of every trial judged at that rung."""
+    then after every ``reduction``-fold more, and goes on only while it is non-dominated or ranks in the best
+    1/``reduction`` (non-dominated rank, then crowding distance) of every trial judged at that rung; with
+    ``promote: hypervolume``, only while its share of the rung's hypervolume is among the best 1/``reduction``."""
 
     min_epochs: PositiveInt = 1
     reduction: int = Field(3, ge=2)
+    promote: Literal[tuple(PROMOTIONS)] = "rank"  # who goes on (automtl.rungs): rank, or hypervolume share
 
     def milestones(self, epochs: int) -> list[int]:
         """The epochs at which a trial of an ``epochs``-epoch fine-tune is judged, the last being ``epochs``."""
@@ -373,9 +385,15 @@ class PlanConfig(Strict):
     order: list[str]
     thresholds: dict[str, float]
     loss_method: str | None = None
-    loss_weights: dict[str, float] | None = None
+    loss_weights: dict[str, float] | Literal["equal"] | None = None  # equal: 1 / tasks each, any task names
     distillation: float = 0.0
     lr: PositiveFloat | None = None  # the fine-tune's learning rate, when it is searched (else the config's)
+
+    def weights_for(self, task_names: list[str]) -> dict[str, float] | None:
+        """The plan's task-loss weights on a problem with ``task_names``."""
+        if self.loss_weights == "equal":
+            return {t: 1 / len(task_names) for t in task_names}
+        return self.loss_weights
 
 
 class LatencyConfig(Strict):
@@ -479,9 +497,31 @@ class SearchConfig(Strict):
                 raise ValueError(f"{where}.lr {plan.lr} needs fine_tune.lr to be a range that holds it, got {lr}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_relative_to_dense(cls, data: Any) -> Any:
+        """``fine_tune.lr: {low, high, relative: true}``: multiples of ``dense.lr``, resolved here."""
+        fine_tune = data.get("fine_tune") if isinstance(data, dict) else None
+        lr = fine_tune.get("lr") if isinstance(fine_tune, dict) else None
+        if not isinstance(lr, dict) or "relative" not in lr:
+            return data
+        lr = dict(lr)
+        if lr.pop("relative") is not True:
+            return {**data, "fine_tune": {**fine_tune, "lr": lr}}
+        dense = data.get("dense") if isinstance(data.get("dense"), dict) else {}
+        base = dense.get("lr", DenseSettings.model_fields["lr"].default)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (base, lr.get("low"), lr.get("high"))):
+            return data  # left for the schema to refuse with its own message
+        return {**data, "fine_tune": {**fine_tune, "lr": lr | {"low": lr["low"] * base, "high": lr["high"] * base}}}
+
     @model_validator(mode="after")
     def _fidelity(self) -> "SearchConfig":
         epochs = self.fine_tune.epochs
+        if epochs == "auto":
+            if self.timeout is None:
+                raise ValueError("fine_tune.epochs auto is chosen from the search's time budget: set timeout "
+                                 "(seconds), or give fine_tune.epochs as a number")
+            return self
         if self.rungs and self.rungs.min_epochs >= epochs:
             raise ValueError(f"rungs.min_epochs {self.rungs.min_epochs} must be below fine_tune.epochs {epochs}")
         gradual = self.fine_tune.gradual
@@ -513,9 +553,8 @@ class SearchConfig(Strict):
         are searched (else the first loss method), the least distillation the config allows."""
         weight = self.distillation.weight
         method = "simplex" if "simplex" in self.loss_weights.methods else self.loss_weights.methods[0]
-        weights = {t: 1 / len(task_names) for t in task_names} if method == "simplex" else None
         return [PlanConfig(order=[SEED_STRATEGY], thresholds={SEED_STRATEGY: share}, loss_method=method,
-                           loss_weights=weights, distillation=weight if isinstance(weight, float) else weight.low)
+                           loss_weights="equal" if method == "simplex" else None, distillation=weight if isinstance(weight, float) else weight.low)
                 for share in self.seed_front]
 
     @field_validator("objectives", mode="before")
@@ -534,7 +573,8 @@ class SearchConfig(Strict):
     def check(self, task_names: list[str]) -> None:
         """Refuse task names the problem does not have."""
         named = [("loss_weights.weights", self.loss_weights.weights)]
-        named += [(f"enqueue.{i}.loss_weights", p.loss_weights) for i, p in enumerate(self.enqueue)]
+        named += [(f"enqueue.{i}.loss_weights", p.loss_weights) for i, p in enumerate(self.enqueue)
+                  if p.loss_weights != "equal"]
         for field, weights in named:
             if weights is not None and set(weights) != set(task_names):
                 raise UserError(

@@ -14,21 +14,18 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from automtl import checkpoints
+from automtl import checkpoints, fidelity
 from automtl.config import SearchConfig
 from automtl.measure import flops, parameters
 from automtl.problems import Problem
 from automtl.pruning import PruneContext, apply, get_strategy, make_permanent
 from automtl.pruning.groups import UnitGroup
-from automtl.train import batches_per_epoch, evaluate, fit
-
-TIMED_BATCHES, TIMED_PASSES = 4, 4  # one trial's fine-tune is timed on passes over this many batches
-
+from automtl.train import batches_per_epoch, evaluate
 
 @dataclass
 class LayerView:
@@ -62,7 +59,7 @@ class GroupView:
 @dataclass
 class TrialCost:
     """One trial of the config's strategies (each at the middle of its range), measured: pruning, a fine-tune
-    batch (the fastest of ``TIMED_PASSES - 1`` passes over ``TIMED_BATCHES`` batches after a warm-up one), evaluation on validation and test, and its weights' file."""
+    batch (:func:`automtl.fidelity.seconds_per_batch`), evaluation on validation and test, and its weights' file."""
 
     prune_seconds: float
     seconds_per_batch: float
@@ -110,16 +107,18 @@ def _trial_cost(model: nn.Module, problem: Problem, config: SearchConfig) -> Tri
     """Prune a copy of ``model`` as one trial of ``config`` would, time a few fine-tune batches and the
     evaluation, and write its weights as a trial does."""
     model = copy.deepcopy(model)
-    recipe = config.fine_tune.recipe()
+    recipe = config.fine_tune.model_copy(update={"epochs": 1}).recipe()
     started = time.perf_counter()
     ctx = PruneContext.create(model, problem, calibration_size=config.pruning.calibration_size,
                               aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=config.seed)
     steps = [(name, (rng.low + rng.high) / 2) for name, rng in config.pruning.strategies.items()]
     report = apply(model, steps, ctx)
     pruned = time.perf_counter()
-    few = replace(problem, train=problem.train.sample(recipe.batch_size * TIMED_BATCHES))
-    ends = []  # the first passes warm up (allocations, kernel choice): the fastest later one is timed
-    fit(model, few, replace(recipe, epochs=TIMED_PASSES), config.seed, after_epoch=lambda _: ends.append(time.perf_counter()) or True)
+    per_batch = fidelity.seconds_per_batch(model, problem, recipe, config.seed)
+    epochs = config.fine_tune.epochs
+    if epochs == "auto":  # the rule's choice for this model's measured epoch
+        epochs = fidelity.full_epochs(per_batch * batches_per_epoch(problem, recipe), config.timeout * config.workers,
+                                      config.rungs)
     tuned = time.perf_counter()
     make_permanent(model)
     sample = problem.val.sample(config.data.batch_size)
@@ -129,8 +128,8 @@ def _trial_cost(model: nn.Module, problem: Problem, config: SearchConfig) -> Tri
         path = Path(folder) / "trial.pt"
         checkpoints.save(path, model.state_dict(), compact=True)
         size = path.stat().st_size
-    return TrialCost(pruned - started, min(b - a for a, b in zip(ends, ends[1:])) / TIMED_BATCHES, batches_per_epoch(problem, recipe),
-                     config.fine_tune.epochs, eval_seconds, size, report.sparsity)
+    return TrialCost(pruned - started, per_batch, batches_per_epoch(problem, recipe), epochs, eval_seconds, size,
+                     report.sparsity)
 
 
 def inspect(config: SearchConfig, problem: Problem, model: nn.Module, dense: str) -> Inspection:

@@ -128,7 +128,7 @@ def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict
         params["distill.weight"] = plan.distillation
     lr = config.fine_tune.lr
     if isinstance(lr, Range) and lr.low != lr.high:
-        params["fine_tune.lr"] = plan.lr if plan.lr is not None else config.fine_tune.recipe().lr
+        params["fine_tune.lr"] = plan.lr if plan.lr is not None else config.fine_tune.middle_lr
     return params
 
 

@@ -1,17 +1,17 @@
-"""The peer baseline: the search a user writes by hand, given the same data, dense model and time.
+"""The peer baseline: the search a competent user writes by hand, given the same data, dense model and time.
 
-Optuna's multi-objective TPE over two things only — the amount of global
-magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with
+Optuna's multi-objective TPE (multivariate) over three things — the amount of
+global magnitude pruning (``torch.nn.utils.prune.global_unstructured`` with
 ``L1Unstructured`` over every hidden Linear/Conv weight; task heads stay dense,
-as automtl's default) and task-loss weights (one number per task, normalised)
-— then the same fine-tune as the automtl search (Adam, its epochs, learning
-rate and batch size; a searched learning rate is fixed at the geometric middle of its range) and the
-same evaluation. It starts no trial once
-``seconds`` are spent. Sparsity is counted with automtl's definition (zero
-weights and biases of the hidden layers, :mod:`automtl.pruning.pipeline`), so
-both fronts are measured alike.
+as automtl's default), the task-loss weights (one number per task, normalised)
+and the fine-tune's learning rate (log-uniform over the automtl search's range)
+— then a fine-tune with Adam and a cosine schedule for ``epochs`` (the automtl
+search's full fine-tune, or the length given) and the same evaluation. It
+starts no trial once ``seconds`` are spent. Sparsity is counted with
+automtl's definition (zero weights and biases of the hidden layers), so both
+fronts are measured alike.
 
-    python benchmarks/baseline.py --run-dir RUN_DIR [--seconds 60] [--seed 0]
+    python benchmarks/baseline.py --run-dir RUN_DIR [--seconds 60] [--seed 0] [--epochs N]
 
 ``RUN_DIR`` is an automtl run directory: its config and cached dense model are reused.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import optuna
 import torch
 from torch.nn.utils import prune
 
+from automtl.config import Range
 from automtl.models import task_outputs
 from automtl.pruning import PruneContext
 from automtl.rundir import RunDir
@@ -46,26 +46,30 @@ class Point:
     test_metrics: dict[str, float]
 
 
-def _fine_tune(model, problem, settings, weights: dict[str, float], seed: int) -> None:
-    """The fine-tune a user writes: Adam over the weighted sum of the task losses."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+def _fine_tune(model, problem, epochs: int, batch_size: int, lr: float, weights: dict[str, float], seed: int) -> None:
+    """The fine-tune a user writes: Adam over the weighted sum of the task losses, cosine-annealed to zero."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * -(-len(problem.train) // batch_size)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(settings.epochs):
-        for inputs, targets in problem.train.batches(settings.batch_size, generator):
+    for _ in range(epochs):
+        for inputs, targets in problem.train.batches(batch_size, generator):
             outputs = task_outputs(model(inputs), problem.task_names)
             loss = sum(weights[t.name] * t.loss(outputs[t.name], targets[t.name]) for t in problem.tasks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            cosine.step()
 
 
 def run(run_dir: str | Path, seconds: float, seed: int = 0, epochs: int | None = None) -> list[Point]:
-    """Search by hand for ``seconds`` on the problem and dense model of an automtl run directory, with its
-    full fine-tune (or ``epochs`` of it)."""
+    """Search by hand for ``seconds`` on the problem and dense model of an automtl run directory, fine-tuning
+    for its full fine-tune's epochs (or ``epochs``)."""
     config = RunDir(run_dir).require().load_config()
-    train = config.fine_tune.train()
-    train = dataclasses.replace(train, epochs=epochs) if epochs else train
+    settings = config.fine_tune
+    epochs = epochs or settings.epochs
+    lr = settings.lr if isinstance(settings.lr, Range) else Range(low=settings.lr / 10, high=settings.lr * 10)
     bench = Bench.prepare(config, run_dir)
     problem, dense = bench.problem, bench.dense
     ctx = PruneContext.create(copy.deepcopy(dense), problem, calibration_size=8)
@@ -75,21 +79,22 @@ def run(run_dir: str | Path, seconds: float, seed: int = 0, epochs: int | None =
     def objective(trial: optuna.Trial) -> list[float]:
         amount = trial.suggest_float("amount", 0.0, 0.995)
         raw = {t: trial.suggest_float(f"weight_{t}", 0.0, 1.0) for t in problem.task_names}
+        rate = trial.suggest_float("lr", lr.low, lr.high, log=True)
         weights = {t: w / max(sum(raw.values()), 1e-9) for t, w in raw.items()}
         model = copy.deepcopy(dense)
         prune.global_unstructured([(model.get_submodule(name), "weight") for name in hidden],
                                   pruning_method=prune.L1Unstructured, amount=amount)
-        _fine_tune(model, problem, train, weights, seed + trial.number)
+        _fine_tune(model, problem, epochs, settings.batch_size, rate, weights, seed + trial.number)
         for name in hidden:
             prune.remove(model.get_submodule(name), "weight")
         kept = [p.detach() for name in hidden for p in model.get_submodule(name).parameters()]
         sparsity = sum(int(p.eq(0).sum()) for p in kept) / sum(p.numel() for p in kept)
         point = Point(sparsity, evaluate(model, problem, problem.val), evaluate(model, problem, problem.test))
         points.append(point)
-        return [sparsity, *point.metrics.values()]
+        return [sparsity, *(point.metrics[t.name] for t in problem.tasks)]
 
-    study = optuna.create_study(directions=["maximize"] * (1 + len(problem.tasks)),
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+    study = optuna.create_study(directions=["maximize", *(t.direction for t in problem.tasks)],
+                                sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
     study.optimize(objective, timeout=seconds)
     return points
 
@@ -99,10 +104,11 @@ def main() -> None:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    points = run(args.run_dir, args.seconds, args.seed)
+    points = run(args.run_dir, args.seconds, args.seed, args.epochs)
     print(json.dumps({"trials": len(points), "seconds": time.perf_counter() - started,
                       "points": [p.__dict__ for p in points]}))
 

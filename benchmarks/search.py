@@ -1,4 +1,4 @@
-"""Search orchestration and sampler quality on multidigits (search_spaces/multidigits.yaml).
+"""Search orchestration, sampler quality and the baseline suite (search_spaces/multidigits.yaml).
 
 * overhead = (wall time of the trial loop - sum of trial compute) / wall time,
   one worker; trial compute is pruning + fine-tuning + evaluation;
@@ -15,13 +15,14 @@
   same replayed plans in every row, and the arithmetic rate of the fine-tune (one
   trial at a time and 8 stacked) and of a matmul (one member at a time and batched),
   with all threads and with one;
-* ``baseline``: automtl vs the hand-written peer baseline (``benchmarks/baseline.py``)
-  given the same wall-clock, per seed and problem: hypervolume of (sparsity, test
-  metric per task) at references 0, 0.5 and 0.8, and the highest sparsity whose
-  test metrics all reach 0.80, 0.85, 0.90 or the dense model's minus 1 point.
+* ``baseline``: the default search run unchanged on a suite of five problems (``SUITE``)
+  against the hand-written peer baseline (``benchmarks/baseline.py``) at two fine-tune
+  lengths, each given the same wall-clock, per seed: hypervolume of (sparsity, test
+  metric per task relative to dense) at references 0, 0.5 and 0.8, and the highest
+  sparsity whose tasks all keep 80, 85, 90 % of dense or stay within 1 point of it.
 
     python benchmarks/search.py [--parts local,ray,gpu,baseline,batch] [--trials 60] [--seeds 3] [--speed-trials 40]
-                                [--problems multidigits,mnist1d-pair]
+                                [--problems multidigits,mnist1d-pair,...] [--levers PROBLEM]
 """
 
 from __future__ import annotations
@@ -60,8 +61,16 @@ RAY_SECONDS = 90
 GPU_SWEEP_TRIALS = 16
 
 
+# The speed parts count trials: they run the default without its time budget, at the full fine-tune its
+# rule picks on multidigits (27 epochs).
+BY_TRIALS = ["timeout=null", "fine_tune.epochs=27"]
+
+
 def search(root: Path, name: str, overrides: list[str], config: Path = CONFIG):
-    """Run one search; return its study and the wall time of its trial loop."""
+    """Run one search (by trials when ``overrides`` set ``trials`` and not ``timeout``); return its study and
+    the wall time of its trial loop."""
+    counted = any(o.startswith("trials=") for o in overrides) and not any(o.startswith("timeout=") for o in overrides)
+    overrides = [*BY_TRIALS, *overrides] if counted else overrides
     run_dir = root / name
     api.search(config, run_dir=run_dir, overrides=overrides)
     study = RunDir(run_dir).load_study()
@@ -345,112 +354,163 @@ def _rounded(metrics: dict) -> dict:
     return {task: round(value, 4) for task, value in metrics.items()}
 
 
-def quality(points: list[tuple[float, dict[str, float]]], dense: dict[str, float]) -> dict[str, float]:
-    """Hypervolumes at REFERENCES and the highest sparsity at each accuracy floor (test metrics)."""
-    values = np.array([[s, *m.values()] for s, m in points]).reshape(len(points), 1 + len(dense))
+def _cell(key: str, value: float) -> str:
+    return f"{value:.4g}" if key.startswith("HV") else f"{value:.1%}"
+
+
+# The suite: the default search space (multidigits.yaml) as shipped, with only the problem and its model (and
+# how long that model's dense training is) changed. Nothing else may differ between problems.
+SUITE = {
+    "multidigits": [],  # 8x8-digit pairs, the MLP
+    "mnist1d-pair": ["problem.name=mnist1d-pair", "problem.options={}", "dense.epochs=30",
+                     "model={arch: cnn, hidden: [256], channels: [64, 64, 64]}"],  # a 1-D CNN
+    "resnet-mnist1d": ["problem.name=mnist1d-pair", "problem.options={}", "dense.epochs=40",
+                       "model={arch: resnet, channels: [16, 32], depth: 1, hidden: [64]}"],  # 1-D ResNet, BatchNorm
+    "resnet-multidigits": ["model={arch: resnet, channels: [16, 32], depth: 1, hidden: [64]}"],  # a 2-D ResNet
+    "multidigits-sum": ["problem.options={off: 2, tasks: [left, right, sum]}"],  # three tasks, one a regression
+}
+
+
+def baseline_part(root: Path, args: argparse.Namespace) -> None:
+    """automtl vs the hand-written baseline at equal wall-clock on each problem of the suite (a section per
+    problem, ``search-baseline-<problem>``, written as it finishes), then the suite's summary
+    (``search-baseline``); on the problems named by ``--levers``, also the default with each lever switched."""
+    started, summary = time.perf_counter(), []
+    for name in args.problems.split(","):
+        summary.append(_baseline_problem(root, args, name, with_levers=name in args.levers.split(",")))
+    lines = [
+        "## automtl vs the hand-written baseline: the suite (`benchmarks/search.py --parts baseline`)", "",
+        "The default search (`search_spaces/multidigits.yaml`) run unchanged on each problem (only the problem and "
+        "its model differ) against `benchmarks/baseline.py` given the same wall-clock, in two variants: the "
+        "baseline fine-tuning as long as automtl's full fine-tune, and a third as long. Means over seeds, test "
+        "metrics; the ratio and the differences are against the better variant (by HV@0.8). Targets: HV@0.8 "
+        "ratio ≥ 1.5x, dense − 1 pt ≥ +5 pts, ahead at every floor on every seed.", "",
+        "| problem | full fine-tune | HV@0.8 ratio | dense − 1 pt (automtl / baseline) | floors ahead | targets met |",
+        "|---|---:|---:|---:|---:|---|",
+        *summary,
+    ]
+    publish("search-baseline", lines, f"python benchmarks/search.py --parts baseline --problems {args.problems} "
+            f"--seeds {args.seeds}", started)
+
+
+def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_levers: bool) -> str:
+    """One problem of the suite: its section, and its summary row."""
+    started, overrides = time.perf_counter(), [*SUITE[name], *args.set]
+    rows, levers = [], {}
+    for seed in range(args.seeds):
+        run = f"{name}-{seed}"
+        study, wall = search(root, run, [*overrides, f"seed={seed}", "tracking.enabled=false"])
+        config = RunDir(root / run).load_config()
+        full = config.fine_tune.epochs
+        dense, directions = dense_metrics(study.user_attrs), _task_directions(study)
+        variants = {}
+        for epochs in dict.fromkeys((full, max(1, full // 3))):
+            points = baseline.run(root / run, wall, seed, epochs)
+            variants[epochs] = (len(points), quality([(p.sparsity, p.test_metrics) for p in points], dense, directions))
+        complete = len(pareto.completed(study))
+        stopped = sum(t.state == TrialState.PRUNED for t in study.trials)
+        rows.append((seed, wall, full, complete + stopped, complete, _front_quality(study, dense, directions), variants))
+        print(name, rows[-1], flush=True)
+        rungs = yaml.safe_dump(config.rungs and config.rungs.model_dump(), default_flow_style=True).strip()
+        fixed, fills = [f"fine_tune.epochs={full}", f"rungs={rungs}"], {"middle_lr": f"{config.fine_tune.middle_lr:g}"}
+        chosen = {k: v for k, v in LEVERS.items() if not args.lever_names or k in args.lever_names.split(",")}
+        for lever, switched in (chosen.items() if with_levers else ()):
+            variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
+                *overrides, f"seed={seed}", "tracking.enabled=false", f"timeout={wall}", *fixed,
+                *(o.format_map(fills) for o in switched)])
+            levers.setdefault(lever, []).append(_front_quality(variant, dense, directions))
+            print(name, seed, lever, levers[lever][-1], flush=True)
+    keys = list(rows[0][5])
+    ours = {k: statistics.mean(r[5][k] for r in rows) for k in keys}
+    lengths = list(dict.fromkeys(e for r in rows for e in r[6]))
+    theirs = {e: {k: statistics.mean(r[6][e][1][k] for r in rows if e in r[6]) for k in keys} for e in lengths}
+    better = max(lengths, key=lambda e: theirs[e]["HV@0.8"])
+    floors = [k for k in keys if not k.startswith("HV")]
+    ahead = sum(r[5][k] > r[6][better][1][k] for r in rows if better in r[6] for k in floors)
+    judged = sum(1 for r in rows if better in r[6]) * len(floors)
+    ratio = ours["HV@0.8"] / max(theirs[better]["HV@0.8"], 1e-12)
+    gain = 100 * (ours["dense-1pt"] - theirs[better]["dense-1pt"])
+    changed = "as shipped" if not overrides else "with " + ", ".join(f"`{o}`" for o in overrides)
+    lines = [
+        f"## automtl vs the hand-written baseline on {name} (`benchmarks/search.py --parts baseline`)", "",
+        f"The default search ({changed}) against `benchmarks/baseline.py` (multivariate TPE over a global-magnitude "
+        "amount, task weights and the learning rate; Adam with a cosine schedule) given the automtl search's "
+        "trial-loop wall-clock, on the same data and dense model, fine-tuning E epochs (automtl's full fine-tune, "
+        "chosen by its rule) or E / 3. Test metrics relative to the dense model's (a regression task: dense "
+        "error / error). trials: automtl's (complete of them, the rest stopped early by rungs) / the baseline's "
+        "at E / at E / 3. HV@r: hypervolume of (sparsity, each task's relative metric) above (r, r, …); a floor "
+        "column: the highest sparsity whose tasks all keep that share of the dense metric; dense-1pt: every task "
+        "within 1 point of dense (a regression task: within 1 %). Every cell is automtl / baseline at E / at E / 3.",
+        "",
+        "| seed | wall | E | trials | " + " | ".join(keys) + " |",
+        "|---:|---:|---:|---:|" + "---:|" * len(keys),
+        *[f"| {s} | {w:.0f} s | {e} | {a} ({c}) / {' / '.join(str(v[0]) for v in vs.values())} | " + " | ".join(
+            " / ".join([_cell(k, q[k]), *(_cell(k, v[1][k]) for v in vs.values())]) for k in keys) + " |"
+          for s, w, e, a, c, q, vs in rows],
+        "| mean | | | | " + " | ".join(
+            "**" + " / ".join([_cell(k, ours[k]), *(_cell(k, theirs[e][k]) for e in lengths)]) + "**" for k in keys)
+        + " |",
+        "", f"* Against the better baseline ({better} epochs): HV@0.8 **{ratio:.2f}x**; sparsity with every task "
+        f"within 1 pt of dense **{gain:+.1f} pts**; ahead at {ahead} of {judged} floors (seeds x floor columns).",
+    ]
+    if levers:
+        lines += ["", "What each lever contributes: the default search with one lever switched, given the same "
+                  "wall-clock (`timeout`) and full fine-tune as the default, same seeds; means over seeds.", "",
+                  "| search | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
+                  "| default | " + " | ".join(_cell(k, ours[k]) for k in keys) + " |",
+                  *[f"| {lever} | " + " | ".join(_cell(k, statistics.mean(r[k] for r in results)) for k in keys) + " |"
+                    for lever, results in levers.items()]]
+    command = f"python benchmarks/search.py --parts baseline --problems {name} --seeds {args.seeds}"
+    command += f" --levers {name}" + (f" --lever-names '{args.lever_names}'" if args.lever_names else "") if levers else ""
+    publish(f"search-baseline-{name}", lines, command, started)
+    met = ratio >= 1.5 and gain >= 5 and ahead == judged
+    return (f"| {name} | {'/'.join(str(r[2]) for r in rows)} epochs | {ratio:.2f}x | {100 * ours['dense-1pt']:.1f} % "
+            f"/ {100 * theirs[better]['dense-1pt']:.1f} % ({gain:+.1f} pts) | {ahead} / {judged} | "
+            f"{'yes' if met else 'no'} |")
+
+
+def _task_directions(study) -> dict[str, str]:
+    return {o.task: o.direction for o in of_study(study) if o.task}
+
+
+def _relative(metrics: dict[str, float], dense: dict[str, float], directions: dict[str, str]) -> dict[str, float]:
+    """Each task's metric as a share of the dense model's (higher is better: dense / error for an error)."""
+    return {t: (m / dense[t] if directions[t] == "maximize" else dense[t] / max(m, 1e-12)) for t, m in metrics.items()}
+
+
+def quality(points: list[tuple[float, dict[str, float]]], dense: dict[str, float], directions: dict[str, str]
+            ) -> dict[str, float]:
+    """Hypervolumes at REFERENCES and the highest sparsity at each floor (test metrics relative to dense)."""
+    relative = [(s, _relative(m, dense, directions)) for s, m in points]
+    values = np.array([[s, *(m[t] for t in dense)] for s, m in relative]).reshape(len(points), 1 + len(dense))
     measured = {}
     for ref in REFERENCES:
         above = values[(values > ref).all(axis=1)]
         measured[f"HV@{ref:g}"] = float(moocore.hypervolume(above, ref=np.full(values.shape[1], ref), maximise=True)
                                          ) if len(above) else 0.0
-    floors = {f"{f:.0%}": {t: f for t in dense} for f in FLOORS} | {"dense-1pt": {t: v - 0.01 for t, v in dense.items()}}
-    for label, floor in floors.items():
-        meeting = [s for s, m in points if all(m[t] >= floor[t] for t in floor)]
-        measured[label] = max(meeting, default=0.0)
+    for floor in FLOORS:
+        measured[f"{floor:.0%}"] = max((s for s, m in relative if all(m[t] >= floor for t in dense)), default=0.0)
+    within = [s for s, m in points if all(
+        m[t] >= dense[t] - 0.01 if directions[t] == "maximize" else m[t] <= dense[t] * 1.01 for t in dense)]
+    measured["dense-1pt"] = max(within, default=0.0)
     return measured
 
 
 # What each lever contributes: the default search with one lever switched off (or, for the levers the
-# default leaves off, on), given the same wall-clock.
+# default leaves off, on), given the same wall-clock and full fine-tune.
 LEVERS = {
     "without rungs": ["rungs=null"],
     "without the seeded front": ["seed_front=[]"],
     "without the enqueued plans": ["enqueue=[]"],  # the global magnitude -> Taylor family
     "without the focus region": ["focus=null"],
-    # the range's geometric middle, fixed (the enqueued plans fine-tune at it too)
-    "without a searched learning rate": ["fine_tune.lr={middle_lr}", "enqueue={enqueue_at_middle_lr}"],
-    "with 9 fine-tune epochs": ["fine_tune.epochs=9"],  # the previous fidelity: rungs at 1 and 3
-    "with distillation temperature 2": ["distillation.temperature=2"],  # the config's default
+    "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
+    "with hypervolume promotion": ["rungs.promote=hypervolume"],  # rungs let on the largest hypervolume shares
 }
 
 
-def _front_quality(study, dense: dict[str, float]) -> dict[str, float]:
-    return quality([(r.result.sparsity, r.result.test_metrics) for r in records(pareto.completed(study))], dense)
-
-
-def _cell(key: str, value: float) -> str:
-    return f"{value:.4g}" if key.startswith("HV") else f"{value:.1%}"
-
-
-def baseline_part(root: Path, args: argparse.Namespace) -> None:
-    """automtl vs the hand-written baseline at equal wall-clock, one section per problem
-    (``search-baseline-<problem>``); on the problems named by ``--levers``, also the default with each
-    lever switched, given the same wall-clock."""
-    for name in args.problems.split(","):
-        _baseline_problem(root, args, name, with_levers=name in args.levers.split(","))
-
-
-def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_levers: bool) -> None:
-    started, space = time.perf_counter(), SPACES / f"{name}.yaml"
-    rows, levers = [], {}
-    budget = [f"trials={args.trials}"] if args.trials else []
-    middle_lr = load(space).fine_tune.recipe().lr
-    enqueued = read_yaml(space.read_text()).get("enqueue", [])
-    fills = {"middle_lr": f"{middle_lr:g}", "enqueue_at_middle_lr": yaml.safe_dump(
-        [{key: value for key, value in plan.items() if key != "lr"} for plan in enqueued], default_flow_style=True)}
-    for seed in range(args.seeds):
-        run = f"{name}-{seed}"
-        study, wall = search(root, run, [f"seed={seed}", "tracking.enabled=false", *budget], space)
-        dense = dense_metrics(study.user_attrs)
-        points = baseline.run(root / run, wall, seed, args.baseline_epochs)
-        complete = len(pareto.completed(study))
-        stopped = sum(t.state == TrialState.PRUNED for t in study.trials)
-        rows.append((seed, wall, complete + stopped, complete, len(points), _front_quality(study, dense),
-                     quality([(p.sparsity, p.test_metrics) for p in points], dense)))
-        print(name, rows[-1], flush=True)
-        for lever, overrides in (LEVERS.items() if with_levers else ()):
-            variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
-                f"seed={seed}", "tracking.enabled=false", "trials=100000", f"timeout={wall}",
-                *(o.format_map(fills) for o in overrides)], space)
-            levers.setdefault(lever, []).append(_front_quality(variant, dense))
-            print(name, seed, lever, levers[lever][-1], flush=True)
-    keys = list(rows[0][5])
-    means = {k: (statistics.mean(r[5][k] for r in rows), statistics.mean(r[6][k] for r in rows)) for k in keys}
-    fine_tune = (f"the same fine-tune cut to {args.baseline_epochs} epochs" if args.baseline_epochs
-                 else "the same full fine-tune")
-    lines = [
-        f"## automtl vs the hand-written baseline{_epochs_title(args)} on {name} "
-        "(`benchmarks/search.py --parts baseline`)", "",
-        f"The automtl search (`search_spaces/{name}.yaml` as shipped) against `benchmarks/baseline.py` (Optuna TPE "
-        f"over a global-magnitude amount and task weights, {fine_tune} with a constant learning rate) "
-        "given the automtl search's trial-loop wall-clock, on the same data and dense model. Test metrics; every "
-        "cell is automtl / baseline. trials: automtl's (complete of them, the rest stopped early by rungs) / the "
-        "baseline's. HV@r: hypervolume of (sparsity, each task's accuracy) above the reference point (r, r, …); a "
-        "floor column: the highest sparsity whose test accuracies all reach it.", "",
-        "| seed | wall | trials | " + " | ".join(keys) + " |",
-        "|---:|---:|---:|" + "---:|" * len(keys),
-        *[f"| {s} | {w:.0f} s | {a} ({c}) / {b} | " + " | ".join(
-            f"{_cell(k, qa[k])} / {_cell(k, qb[k])}" for k in keys) + " |" for s, w, a, c, b, qa, qb in rows],
-        "| mean | | | " + " | ".join(f"**{_cell(k, a)} / {_cell(k, b)}**" for k, (a, b) in means.items()) + " |",
-        "", f"* HV@0.8 ratio automtl / baseline: **{means['HV@0.8'][0] / means['HV@0.8'][1]:.2f}x**; max sparsity "
-        f"within 1 pt of dense: **{100 * (means['dense-1pt'][0] - means['dense-1pt'][1]):+.1f} pts**.",
-    ]
-    if levers:
-        lines += ["", "What each lever contributes: the default search with one lever switched, given the same "
-                  "wall-clock as the default (`timeout`), same seeds; means over seeds, test metrics.", "",
-                  "| search | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
-                  "| default | " + " | ".join(_cell(k, means[k][0]) for k in keys) + " |",
-                  *[f"| {lever} | " + " | ".join(_cell(k, statistics.mean(r[k] for r in results)) for k in keys) + " |"
-                    for lever, results in levers.items()]]
-    command = f"python benchmarks/search.py --parts baseline --problems {name} --seeds {args.seeds}"
-    command += (f" --trials {args.trials}" if args.trials else "") + (f" --levers {name}" if levers else "")
-    command += f" --baseline-epochs {args.baseline_epochs}" if args.baseline_epochs else ""
-    suffix = f"-baseline-{args.baseline_epochs}-epochs" if args.baseline_epochs else ""
-    publish(f"search-baseline-{name}{suffix}", lines, command, started)
-
-
-def _epochs_title(args: argparse.Namespace) -> str:
-    return f" fine-tuning {args.baseline_epochs} epochs" if args.baseline_epochs else ""
+def _front_quality(study, dense: dict[str, float], directions: dict[str, str]) -> dict[str, float]:
+    return quality([(r.result.sparsity, r.result.test_metrics) for r in records(pareto.completed(study))], dense,
+                   directions)
 
 
 PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part, "batch": batch_part}
@@ -462,9 +522,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="trials per search (default: the search space's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--speed-trials", type=int, default=40)
-    parser.add_argument("--problems", default="multidigits,mnist1d-pair", help="search spaces of the baseline part")
-    parser.add_argument("--baseline-epochs", type=int, default=None,
-                        help="fine-tune epochs of the baseline (default: the search space's full fine-tune)")
+    parser.add_argument("--problems", default=",".join(SUITE), help="problems of the baseline part's suite")
+    parser.add_argument("--lever-names", default="", help=f"the levers to switch (default all: {', '.join(LEVERS)})")
+    parser.add_argument("--set", action="append", default=[], help="override the default in the baseline part "
+                        "(a quick check of the script, e.g. --set timeout=10; published figures use none)")
     parser.add_argument("--levers", default="", help="problems of the baseline part on which to switch each "
                         f"lever off in turn ({', '.join(LEVERS)})")
     args = parser.parse_args()

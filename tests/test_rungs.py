@@ -9,7 +9,9 @@ from optuna.trial import TrialState
 from automtl.pruning import apply
 from automtl.pruning.gradual import GradualMasks, cubic_share
 from automtl.rundir import RunDir
-from automtl.rungs import goes_on, ranking
+import numpy as np
+
+from automtl.rungs import contributions, goes_on, ranking
 from automtl.train import TrainConfig, batches_per_epoch, fit
 from tests.test_pruning import fresh, masks
 from tests.test_search import FAST, SMOKE, cli, kill_mid_search
@@ -36,6 +38,37 @@ def test_a_dominated_plan_is_not_promoted():
     assert not goes_on(0, judged, [MAX, MAX, MAX], reduction=3), "0 is dominated by 1"
     assert goes_on(1, judged, [MAX, MAX, MAX], reduction=3)
     assert not goes_on(2, judged, [MAX, MAX, MAX], reduction=3)
+
+
+def test_hypervolume_promotion_never_promotes_a_dominated_plan():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 12))
+        points = rng.random((n, 3)).round(1)  # rounding makes ties and duplicates
+        judged = {i: list(p) for i, p in enumerate(points)}
+        for i, p in enumerate(points):
+            dominated = any((q >= p).all() and (q > p).any() for q in points)
+            if dominated:
+                assert not goes_on(i, judged, [MAX, MAX, MAX], reduction=3, promote="hypervolume")
+
+
+def test_hypervolume_promotion_keeps_the_plans_that_widen_the_front_most():
+    # Five non-dominated plans; the cut is ceil(5 / 3) = 2: the two ends' shares are the largest.
+    judged = {0: [0.1, 0.99], 1: [0.50, 0.95], 2: [0.52, 0.94], 3: [0.54, 0.93], 4: [0.99, 0.1]}
+    shares = contributions(np.array(list(judged.values())))
+    assert (shares > 0).all()
+    going = [n for n in judged if goes_on(n, judged, [MAX, MAX], reduction=3, promote="hypervolume")]
+    assert going == sorted(np.argsort(-shares)[:2].tolist())
+    assert len(going) == 2 and all(goes_on(n, judged, [MAX, MAX], reduction=3) for n in judged), \
+        "rank promotion lets the whole front on"
+    # a minimised objective counts by its direction
+    flipped = {n: [v[0], -v[1]] for n, v in judged.items()}
+    assert going == [n for n in flipped if goes_on(n, flipped, [MAX, MIN], reduction=3, promote="hypervolume")]
+
+
+def test_the_first_plan_at_a_rung_goes_on_under_either_promotion():
+    for promote in ("rank", "hypervolume"):
+        assert goes_on(7, {7: [0.0, 0.0]}, [MAX, MAX], reduction=3, promote=promote)
 
 
 def test_the_whole_front_goes_on_and_dominated_plans_fill_the_cut_by_crowding():

@@ -2,7 +2,8 @@
 
 A backend module exposes ``preflight(config)``, which refuses what cannot run
 before anything is written, ``ships_datasets(config)``, whether its workers can receive a
-problem object whose splits are Datasets, and ``run(run_dir, config, bench, on_progress)``,
+problem object whose splits are Datasets, ``trial_threads(config)``, the torch threads one trial computes
+with, and ``run(run_dir, config, bench, on_progress)``,
 which runs the study in ``run_dir`` to its budget (the caller holds the
 run-directory lock).
 Backends differ only in who runs :func:`automtl.trial.run`, never in what it

@@ -152,6 +152,11 @@ def ships_datasets(config: SearchConfig) -> bool:
     return config.workers == 1 or _forks(config)
 
 
+def trial_threads(config: SearchConfig) -> int:
+    """Each worker's torch threads: ``threads``, else this machine's cores shared among the workers."""
+    return config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+
+
 def _forks(config: SearchConfig) -> bool:
     on_cuda = trial_mod.resolve_device(config.backend.device).type == "cuda"
     return "fork" in multiprocessing.get_all_start_methods() and not on_cuda
@@ -166,7 +171,7 @@ def run(
     """Run the search to its budget with ``config.workers`` workers (caller holds the run-dir lock)."""
     recover(run_dir.load_study())
     deadline = time.time() + config.timeout if config.timeout else None
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    threads = trial_threads(config)
     # Forked workers inherit the prepared bench (problem + dense model); spawned ones get it pickled
     # (Bench.__getstate__: a problem read from Datasets is rebuilt there from the config).
     ctx = multiprocessing.get_context("fork" if _forks(config) else "spawn")

@@ -219,7 +219,7 @@ def _gate(bench: trial_mod.Bench, number: int) -> RungGate | None:
 def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None) -> None:
     """One Tune trial on a worker: run its members as one batch, report each one's result (or failure) as it
     ends and log its MLflow child run. Members the study already has (a restored batch) are skipped."""
-    torch.set_num_threads(max(1, int(bench.config.backend.cpus_per_trial)))
+    torch.set_num_threads(trial_threads(bench.config))
     started = datetime.now()
     gpus = ray.get_gpu_ids()  # what Ray gave this trial (it sets CUDA_VISIBLE_DEVICES to them)
     worker = f"{socket.gethostname()}:{os.getpid()}" + (f" gpu {','.join(map(str, gpus))}" if gpus else "")
@@ -312,6 +312,11 @@ def preflight(config: SearchConfig) -> None:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot reach the Ray cluster at {address!r} ({exc}); --address takes auto or HOST:PORT "
                         "of a running head node (`ray start --head`, docs/cluster.md)") from None
+
+
+def trial_threads(config: SearchConfig) -> int:
+    """A Ray trial's torch threads: its CPUs."""
+    return max(1, int(config.backend.cpus_per_trial))
 
 
 def _check_resources(config: SearchConfig) -> None:
