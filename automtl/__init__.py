@@ -1,6 +1,8 @@
 """automtl: compress multi-task networks by jointly searching pruning order, thresholds and loss weights.
 
-The public API is re-exported here; everything else is private to its module.
+The public API is re-exported here; everything else is private to its module. Each name is imported from
+its module on first use, so ``import automtl.rundir`` (what every read-only view of a run needs) loads
+neither the search nor Torch-Pruning.
 
 Example:
     >>> import automtl
@@ -8,38 +10,29 @@ Example:
     ['mnist1d-pair', 'multidigits']
 """
 
-from automtl.api import DenseReport, SearchSummary, export, front, inspect, load_study, search, train_dense
-from automtl.config import SearchConfig
-from automtl.errors import UserError
-from automtl.formats.sparse import load_pruned
-from automtl.models import ModelSpec, MultiTaskNet, build_model
-from automtl.problems import PROBLEMS, DatasetSplit, Problem, Split, Task, get_problem
-from automtl.records import TrialRecord, TrialResult
-from automtl.train import TrainConfig, evaluate
+import importlib
 
-__all__ = [
-    "PROBLEMS",
-    "DatasetSplit",
-    "DenseReport",
-    "ModelSpec",
-    "MultiTaskNet",
-    "Problem",
-    "SearchConfig",
-    "SearchSummary",
-    "Split",
-    "Task",
-    "TrainConfig",
-    "TrialRecord",
-    "TrialResult",
-    "UserError",
-    "build_model",
-    "evaluate",
-    "export",
-    "front",
-    "get_problem",
-    "inspect",
-    "load_pruned",
-    "load_study",
-    "search",
-    "train_dense",
-]
+_PUBLIC = {
+    "automtl.api": ("DenseReport", "SearchSummary", "export", "front", "inspect", "load_study", "search",
+                    "train_dense"),
+    "automtl.config": ("SearchConfig",),
+    "automtl.errors": ("UserError",),
+    "automtl.formats.sparse": ("load_pruned",),
+    "automtl.models": ("ModelSpec", "MultiTaskNet", "build_model"),
+    "automtl.problems": ("PROBLEMS", "DatasetSplit", "Problem", "Split", "Task", "get_problem"),
+    "automtl.records": ("TrialRecord", "TrialResult"),
+    "automtl.train": ("TrainConfig", "evaluate"),
+}
+_HOME = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'automtl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

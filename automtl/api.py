@@ -17,17 +17,19 @@ from torch import nn
 
 from automtl import config as config_mod
 from automtl import dense as dense_mod
-from automtl import fidelity, focus, interrupts, objectives, pareto, progress, records, report, retention, tracking
+from automtl import fidelity, focus, interrupts, objectives, pareto, progress, report, retention, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
 from automtl.problems import Problem, get_problem
-from automtl.records import TrialRecord
-from automtl.pruning import PruneContext
+from automtl.records import StudyRecord, TrialRecord
+from automtl.pruning import PruneContext, require
 from automtl.rundir import RunDir, open_storage
-from automtl.train import TrainConfig, evaluate
+from automtl.measure import costs
+from automtl.models import task_outputs
+from automtl.train import TrainConfig, evaluate, predict
 from automtl.space import TrialPlan, encode
-from automtl.trial import Bench, reference_values
+from automtl.trial import Bench
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -158,7 +160,7 @@ def _check_model(config: SearchConfig, problem: Problem) -> int:
     except (RuntimeError, MemoryError, ValueError, TypeError) as exc:
         raise UserError(f"model: cannot build and run {spec.as_dict()} on problem {problem.name!r} "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    ctx.require(model, list(config.pruning.strategies))
+    require(model, ctx, list(config.pruning.strategies))
     return sum(p.numel() for p in model.parameters())
 
 
@@ -211,12 +213,10 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
         dense_mod.keep(reference, run.path)
     else:  # left by an earlier attempt in this folder that was given weights
         (run.path / dense_mod.REFERENCE).unlink(missing_ok=True)
-    attrs = {"objectives": [o.name for o in declared], "directions": [o.direction for o in declared],
-             "objective_specs": objectives.to_attrs(declared), "tasks": problem.task_names,
-             "total_parameters": total_parameters, "study_uid": uuid.uuid4().hex[:12],
-             records.DENSE_REFERENCE: reference.record() if reference else {"source": "trained"}}
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
+    StudyRecord.write(study, objectives=[o.name for o in declared], directions=[o.direction for o in declared],
+                      objective_specs=objectives.to_attrs(declared), tasks=problem.task_names,
+                      total_parameters=total_parameters, study_uid=uuid.uuid4().hex[:12],
+                      dense_reference=reference.record() if reference else {"source": "trained"})
     for plan in [*config.seed_plans(problem.task_names), *config.enqueue]:
         method = plan.loss_method or config.loss_weights.methods[0]
         decoded = TrialPlan(plan.order, plan.thresholds, method, plan.weights_for(problem.task_names), plan.distillation,
@@ -229,7 +229,7 @@ def _resumed_reference(study: optuna.Study, run: RunDir, config: SearchConfig, p
                        reference: dense_mod.DenseModel | None) -> dense_mod.DenseModel | None:
     """On ``--resume``: the dense reference the study was started with (None: automtl trained it), refusing
     given weights whose digest differs from the recorded one."""
-    recorded = records.dense_reference(study.user_attrs)
+    recorded = StudyRecord.of(study).dense_reference
     if recorded["source"] == "trained":
         if reference is not None:
             raise UserError(f"--resume: {run.path} was started with a dense model automtl trained; it cannot go "
@@ -250,32 +250,45 @@ def _resumed_reference(study: optuna.Study, run: RunDir, config: SearchConfig, p
 def _describe_dense(study: optuna.Study, bench: Bench) -> None:
     """Once per study: store the dense model's metrics and the focus floors, measure the objectives' open
     bounds."""
-    attrs = study.user_attrs
-    if objectives.dense_metrics(attrs):
-        if bench.config.focus and focus.FOCUS not in attrs:  # cut off between the two writes
-            _set_focus(study, bench, objectives.dense_metrics(attrs, "val"))
+    record = StudyRecord.of(study)
+    if record.dense_test_metrics:
+        if bench.config.focus and record.focus is None:  # cut off between the two writes
+            _set_focus(study, bench, record.dense_val_metrics)
         return
     problem, batch = bench.problem, bench.config.data.batch_size
-    study.set_user_attr("dense_test_metrics", evaluate(bench.dense, problem, problem.test, batch))
     dense_val = evaluate(bench.dense, problem, problem.val, batch)
-    study.set_user_attr("dense_val_metrics", dense_val)
+    StudyRecord.write(study, dense_test_metrics=evaluate(bench.dense, problem, problem.test, batch),
+                      dense_val_metrics=dense_val)
     declared = objectives.of_study(study)
     if bench.config.focus:
         _set_focus(study, bench, dense_val)
-    if "objective_specs" not in study.user_attrs or objectives.bounded(declared):
+    if record.objective_specs is None or objectives.bounded(declared):
         return
     try:
-        measured = objectives.measured(declared, *reference_values(bench, dense_val))
+        measured = objectives.measured(declared, *_reference_values(bench, dense_val))
     except Exception as exc:  # noqa: BLE001 - a user's metric may fail here: the search goes on without those bounds
         log.warning("the objectives' open bounds could not be measured (%s: %s); until they are, those objectives "
                     "count 0 in the hypervolume", type(exc).__name__, exc)
         return
-    study.set_user_attr("objective_specs", objectives.to_attrs(measured))
+    StudyRecord.write(study, objective_specs=objectives.to_attrs(measured))
+
+
+def _reference_values(bench: Bench, dense_val: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """The dense model's value of every objective (``dense_val``: its validation metric per task), and a
+    constant predictor's value of every task metric (the dense model's mean validation output, for every
+    input): how :mod:`automtl.objectives` bounds them."""
+    problem, dense, config = bench.problem, bench.dense.eval(), bench.config
+    outputs, targets = predict(lambda x: task_outputs(dense(x), problem.task_names), problem.val, config.data.batch_size)
+    constant = problem.score({task: value.mean(0, keepdim=True).expand_as(value) for task, value in outputs.items()},
+                             targets)
+    dense_values = {t.objective: dense_val[t.name] for t in problem.tasks}
+    dense_values |= costs(dense, problem, config) | {"nonzero_parameters": sum(p.numel() for p in dense.parameters())}
+    return dense_values, {t.objective: constant[t.name] for t in problem.tasks}
 
 
 def _set_focus(study: optuna.Study, bench: Bench, dense_val: dict[str, float]) -> None:
     floors = focus.floors(bench.config.focus.min_relative, objectives.of_study(study), dense_val)
-    study.set_user_attr(focus.FOCUS, floors)
+    StudyRecord.write(study, focus=floors)
 
 
 @contextmanager
@@ -369,8 +382,8 @@ def _finish(run: RunDir, config: SearchConfig, tracker) -> SearchSummary:
         status=progress.take(study, config.trials).as_dict(),
         front=pareto.described_front(study),
         objectives=objectives.to_attrs(objectives.of_study(study)),
-        dense_metrics=objectives.dense_metrics(study.user_attrs),
-        mlflow=tracking.where_to_look(study.user_attrs) if tracker else None,
+        dense_metrics=StudyRecord.of(study).dense_test_metrics,
+        mlflow=tracking.where_to_look(StudyRecord.of(study).mlflow) if tracker else None,
     )
 
 
@@ -392,7 +405,7 @@ def status(run_dir: str | Path) -> dict:
     run = RunDir(run_dir).require()
     config, study = run.load_config(), run.load_study()
     disk = retention.disk_use(run) | {"keep_weights": config.keep_weights}
-    fine_tune = {"epochs": config.fine_tune.epochs, "chosen": study.user_attrs.get(fidelity.FIDELITY)}
+    fine_tune = {"epochs": config.fine_tune.epochs, "chosen": StudyRecord.of(study).fidelity}
     return progress.take(study, config.trials).as_dict() | {"disk": disk, "fine_tune": fine_tune}
 
 

@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
@@ -143,17 +142,17 @@ def cmd_search(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         overrides += [f"backend.{field}={value}"] if value is not None else []
     columns = [
-        SpinnerColumn(), TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(),
+        SpinnerColumn(), TextColumn("[bold]search"), BarColumn(), TextColumn("{task.fields[trials]} trials"),
         TextColumn("{task.fields[failed]} failed · front {task.fields[front]} · HV {task.fields[hv]:.4f}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     ]
     bar = Progress(*columns, console=err_console, disable=args.json)
-    task = bar.add_task("search", total=None, failed=0, front=0, hv=0.0)
+    task = bar.add_task("search", total=None, trials="0", failed=0, front=0, hv=0.0)
 
-    def show(snap):
+    def show(snap):  # the bar fills with the budget spent: trials, or time when the timeout comes first
         bar.start()  # only once trials run: validation errors print without a bar
-        bar.update(task, total=snap.budget, completed=snap.finished, failed=snap.counts["failed"],
-                   front=snap.front_size, hv=snap.hypervolume)
+        bar.update(task, total=1.0, completed=snap.done, trials=f"{snap.finished}/{snap.budget}",
+                   failed=snap.counts["failed"], front=snap.front_size, hv=snap.hypervolume)
 
     try:
         with err_console.status("validating, preparing the dense model…"):

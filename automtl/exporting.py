@@ -41,13 +41,13 @@ from torch import nn
 from automtl import checkpoints, pareto, tracking
 from automtl.config import SearchConfig
 from automtl.errors import UserError
-from automtl.formats import ONNX_TOLERANCE, QUANTIZE, WRITERS, Exported, Written, write
+from automtl.formats import ONNX_TOLERANCE, QUANTIZE, RENAMED, WRITERS, Exported, Written, write
 from automtl.measure import flops, parameters, time_side_by_side
 from automtl.models import task_outputs
-from automtl.objectives import dense_metrics, metric_names, of_study
+from automtl.objectives import metric_names, of_study
 from automtl.problems import Problem
 from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, ShrinkReport, compare, shrink
-from automtl.records import TrialRecord, dense_reference
+from automtl.records import StudyRecord, TrialRecord
 from automtl.rundir import RunDir
 from automtl.train import evaluate, predict
 
@@ -213,15 +213,17 @@ def export(run_dir: str | Path, out_dir: str | Path, trial: int | None = None, p
     may differ from PyTorch, as a share of each task's output scale (:data:`automtl.formats.ONNX_TOLERANCE`);
     ``latency_batch``: the inputs of one timed forward pass (default: chosen from the dense model's FLOPs)."""
     run, out_dir = RunDir(run_dir).require(), Path(out_dir)
-    parent = _check_request(out_dir, list(formats), quantize, register, onnx_tolerance, latency_batch)
+    formats = [RENAMED.get(name, name) for name in formats]
+    parent = _check_request(out_dir, formats, quantize, register, onnx_tolerance, latency_batch)
     with run.weights_lock(shared=True, wait=True):  # a search deletes no weights while the trial is chosen and read
         study = run.load_study()
         chosen = pareto.choose(study, trial, pick, list(constraints))
         config = run.load_config()
         exported, card = _prepare(run, config, chosen, problem, quantize, onnx_tolerance, latency_batch)
     card["metric_names"] = metric_names(of_study(study))
-    card["dense_reference"] = dense_reference(study.user_attrs)
-    card["test_metrics"]["dense"] = dense_metrics(study.user_attrs)
+    record = StudyRecord.of(study)
+    card["dense_reference"] = record.dense_reference
+    card["test_metrics"]["dense"] = record.dense_test_metrics
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
     try:
         _write(exported, card, list(formats), staging)

@@ -33,6 +33,7 @@ from torch import nn
 
 from automtl.config import RungsConfig, SearchConfig
 from automtl.problems import Problem
+from automtl.records import StudyRecord
 from automtl.train import TrainConfig, batches_per_epoch, fit
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 FULL_FINE_TUNES = 30  # the fixed plans (seeded front, enqueued) and as many again for the sampler
 MAX_EPOCHS = 81
 TIMED_BATCHES, TIMED_PASSES = 4, 4  # timed on passes over this many batches; the first pass warms up
-FIDELITY = "fidelity"  # study attribute: how the full fine-tune was chosen
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def resolve(config: SearchConfig, study: optuna.Study, problem: Problem, dense: 
     if config.fine_tune.epochs != "auto":
         return config
     chosen = measure(config, problem, dense, threads)
-    study.set_user_attr(FIDELITY, asdict(chosen))
+    StudyRecord.write(study, fidelity=asdict(chosen))
     log.info("full fine-tune: %d epochs (one epoch measured %.2f s on %d threads; budget %.0f s)",
              chosen.epochs, chosen.epoch_seconds, threads, chosen.budget_seconds)
     rungs = config.rungs if config.rungs and config.rungs.min_epochs < chosen.epochs else None

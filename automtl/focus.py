@@ -27,8 +27,9 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from automtl.objectives import Objective, of_attrs as objectives_of, task_objectives
+from automtl.records import StudyRecord
 
-FOCUS = "focus"  # study attribute: {task: floor}
+FOCUS = "focus"  # what the floors are called: the study's StudyRecord.focus, each trial's constraint focus.<task>
 
 
 def floors(min_relative: float, objectives: list[Objective], dense: Mapping[str, float]) -> dict[str, float]:
@@ -42,7 +43,7 @@ def floors(min_relative: float, objectives: list[Objective], dense: Mapping[str,
 
 def of_attrs(attrs: Mapping[str, Any]) -> dict[str, float]:
     """The floors a study stores (empty: no focus region)."""
-    return dict(attrs.get(FOCUS) or {})
+    return dict(StudyRecord.from_attrs(attrs).focus or {})
 
 
 def violations(floor: Mapping[str, float], objectives: list[Objective], metrics: Mapping[str, float]) -> list[float]:

@@ -1,22 +1,32 @@
 """What a model costs: parameters, FLOPs (Torch-Pruning's counter) and CPU latency.
 
 Shared by the trials (the structural objectives ``flops`` and ``latency_ms``,
-measured on the shrunk model) and by export (the card).
+measured on the shrunk model: :func:`shrunk_costs`) and by export (the card).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import logging
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from automtl import objectives
 from automtl.models import in_mode
+from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
+
+if TYPE_CHECKING:
+    from automtl.config import SearchConfig
+    from automtl.problems import Problem
+
+log = logging.getLogger(__name__)
 
 
 def parameters(model: nn.Module) -> tuple[int, int]:
@@ -75,3 +85,29 @@ def cpu_latency_ms(model: nn.Module, inputs: Tensor, batch_size: int, rounds: in
     with in_mode(model, False):
         timing = time_side_by_side({"model": lambda: model(batch)}, budget_s=0, min_rounds=rounds, max_rounds=rounds)
     return timing.median_ms["model"]
+
+
+def costs(model: nn.Module, problem: "Problem", config: "SearchConfig") -> dict[str, float]:
+    """The structural objectives the config asks for (``flops``, ``latency_ms``) of ``model`` as it is,
+    on the CPU (latency: median of ``latency.rounds`` forward passes of ``latency.batch_size`` inputs)."""
+    measured = {}
+    inputs = problem.val.sample(config.latency.batch_size).inputs.cpu()
+    if "flops" in config.objectives:
+        measured["flops"] = float(flops(model, inputs))
+    if "latency_ms" in config.objectives:
+        measured["latency_ms"] = cpu_latency_ms(model, inputs, config.latency.batch_size, config.latency.rounds)
+    return measured
+
+
+def shrunk_costs(model: nn.Module, problem: "Problem", config: "SearchConfig") -> dict[str, float]:
+    """:func:`costs` of a CPU copy of ``model`` with its unused units physically removed (as export would;
+    the unshrunk model's when removing them would change it, which export would refuse)."""
+    if not set(objectives.STRUCTURAL) & set(config.objectives):
+        return {}
+    shrunk = copy.deepcopy(model).cpu()
+    try:
+        shrink(shrunk, problem.val.sample(CHECK_SAMPLES).inputs.cpu(), problem.task_names)
+    except ShrinkFailed as exc:
+        log.warning("%s; the structural objectives are measured on the unshrunk model", exc)
+        shrunk = copy.deepcopy(model).cpu()
+    return costs(shrunk, problem, config)

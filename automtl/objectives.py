@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from automtl.metrics import MAXIMIZE, MINIMIZE, Metric
+from automtl.records import StudyRecord
 
 if TYPE_CHECKING:
     import optuna
@@ -133,23 +134,19 @@ def of_study(study: "optuna.Study") -> list[Objective]:
 def of_attrs(attrs: Mapping[str, Any]) -> list[Objective]:
     """The objectives stored in a study's attributes; studies from before bounds were stored get the
     old fixed ones (accuracy in [0, 1], parameters against the dense count)."""
-    if "objective_specs" in attrs:
-        return [Objective(**spec) for spec in attrs["objective_specs"]]
-    tasks, total = attrs.get("tasks", []), attrs.get("total_parameters", 1)
+    record = StudyRecord.from_attrs(attrs)
+    if record.objective_specs is not None:
+        return [Objective(**spec) for spec in record.objective_specs]
     legacy = {"sparsity": Objective("sparsity", MAXIMIZE, 1.0, 0.0, fraction=True),
-              "nonzero_parameters": Objective("nonzero_parameters", MINIMIZE, 0.0, float(total))}
-    legacy |= {f"accuracy.{t}": Objective(f"accuracy.{t}", MAXIMIZE, 1.0, 0.0, task=t, fraction=True) for t in tasks}
-    return [legacy[name] for name in attrs.get("objectives", [])]
+              "nonzero_parameters": Objective("nonzero_parameters", MINIMIZE, 0.0, float(record.total_parameters))}
+    legacy |= {f"accuracy.{t}": Objective(f"accuracy.{t}", MAXIMIZE, 1.0, 0.0, task=t, fraction=True)
+               for t in record.tasks}
+    return [legacy[name] for name in record.objectives]
 
 
 def task_objectives(objectives: list[Objective]) -> dict[str, Objective]:
     """``{task: its objective}``."""
     return {o.task: o for o in objectives if o.task}
-
-
-def dense_metrics(attrs: Mapping[str, Any], split: str = "test") -> dict[str, float]:
-    """The dense model's metric per task on ``split`` (test or val), as the search stored it."""
-    return attrs.get(f"dense_{split}_metrics") or attrs.get(f"dense_{split}_accuracy") or {}
 
 
 def metric_names(objectives: list[Objective]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -35,6 +36,7 @@ class Snapshot:
     in_focus: int  # complete trials meeting every floor
     front_in_focus: int  # of them, on the front
     focus_hypervolume: float  # the front's hypervolume inside the focus region (task nadirs at the floors)
+    done: float = 0.0  # the share of the budget spent: of the trials, or of the timeout if that comes first
 
     @property
     def finished(self) -> int:
@@ -44,8 +46,9 @@ class Snapshot:
         return asdict(self)
 
 
-def take(study: optuna.Study, budget: int, started: float | None = None) -> Snapshot:
-    """Read the study now. ``elapsed`` is measured from ``started`` (default: the first trial's start)."""
+def take(study: optuna.Study, budget: int, started: float | None = None, timeout: float | None = None) -> Snapshot:
+    """Read the study now. ``elapsed`` is measured from ``started`` (default: the first trial's start); a
+    search started then with a ``timeout`` ends by it at the latest, which ``eta_seconds`` and ``done`` count."""
     trials = study.get_trials(deepcopy=False)
     counts = {name: 0 for name in STATES.values()}
     for t in trials:
@@ -64,6 +67,10 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
     finished_now = counts["complete"] + counts["stopped_early"] + counts["failed"]
     remaining = max(0, budget - finished_now - counts["running"])
     eta = elapsed / finished_now * (remaining + counts["running"] / 2) if finished_now and started else None
+    done = finished_now / budget if budget else 0.0
+    if timeout and started:
+        eta = min(eta if eta is not None else math.inf, max(0.0, timeout - elapsed))
+        done = max(done, elapsed / timeout)
     failures: dict[str, list[int]] = {}
     for record in records([t for t in trials if t.state == TrialState.FAIL]):
         failures.setdefault(record.fail_reason or "unknown", []).append(record.number)
@@ -80,4 +87,5 @@ def take(study: optuna.Study, budget: int, started: float | None = None) -> Snap
         in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(complete)),
         front_in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(front)),
         focus_hypervolume=pareto.hypervolume(front, focus.bounded_by(floors, declared)) if floors else 0.0,
+        done=min(1.0, done),
     )

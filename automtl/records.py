@@ -1,4 +1,5 @@
-"""What a study stores on each trial: the one reader and writer of a trial's Optuna user attributes.
+"""What a study stores: the one reader and writer of its Optuna user attributes, a trial's
+(:class:`TrialRecord`) and the study's own (:class:`StudyRecord`).
 
 A trial carries its decoded plan (strategy order, thresholds, loss weighting,
 distillation) and the worker that ran it from the moment it starts; its
@@ -9,7 +10,9 @@ rung stopped it; a ``fail_reason`` if it failed.
 task metrics had names, with ``accuracy`` / ``test_accuracy``, still load);
 :meth:`TrialRecord.to_attrs` and :meth:`TrialResult.to_attrs` write it. Views
 (Pareto analysis, plots, MLflow, the dashboard, export, the CLI) read records,
-never ``user_attrs`` by string.
+never ``user_attrs`` by string. The study's attributes (objectives, tasks,
+dense reference and metrics, focus floors, the chosen fine-tune, the MLflow
+runs) are read and written through :class:`StudyRecord` alike.
 
 Example:
     >>> record = TrialRecord(number=3, state="complete", order=["magnitude"], thresholds={"magnitude": 0.1})
@@ -29,13 +32,69 @@ STOPPED_AT = "stopped_at"  # fine-tune epochs after which a rung stopped the tri
 COMPUTE_SECONDS = "compute_seconds"  # pruning + fine-tuning + evaluation (a stopped trial's: until it stopped)
 RUNGS = "rungs"  # {str(epochs): objective values} at each rung the trial was judged
 LEGACY_KEYS = {"metrics": "accuracy", "test_metrics": "test_accuracy"}  # names before tasks had metric names
-DENSE_REFERENCE = "dense_reference"  # study attribute: where the dense reference came from (DenseModel.record())
 
 
-def dense_reference(study_attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The study's dense reference ``{source, digest, path}`` (studies from before weights could be given:
-    ``{"source": "trained"}``)."""
-    return study_attrs.get(DENSE_REFERENCE) or {"source": "trained"}
+@dataclass(frozen=True)
+class MlflowLink:
+    """Where a study's MLflow runs are: tracking URI, experiment (name and id) and the study's parent run."""
+
+    uri: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's own attributes, typed. Read with :meth:`of` (older run directories' keys still read: dense
+    metrics stored as ``dense_<split>_accuracy``, no dense reference meaning trained), written field by field
+    with :meth:`write`. ``mlflow_active`` says whether this search's workers log to ``mlflow``."""
+
+    objectives: list[str] = field(default_factory=list)  # names, in the order of the trials' values
+    directions: list[str] = field(default_factory=list)
+    objective_specs: list[dict] | None = None  # automtl.objectives.Objective fields, bounds included
+    tasks: list[str] = field(default_factory=list)
+    total_parameters: int = 1
+    study_uid: str = ""
+    dense_reference: dict = field(default_factory=lambda: {"source": "trained"})  # DenseModel.record()
+    dense_test_metrics: dict[str, float] = field(default_factory=dict)
+    dense_val_metrics: dict[str, float] = field(default_factory=dict)
+    focus: dict[str, float] | None = None  # each task's floor (automtl.focus)
+    fidelity: dict | None = None  # how fine_tune.epochs auto was chosen (automtl.fidelity.Fidelity)
+    mlflow: MlflowLink | None = None
+    mlflow_active: bool = False
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "StudyRecord":
+        plain = {f.name: attrs[f.name] for f in fields(cls) if f.name not in ("mlflow", *_LEGACY_DENSE)
+                 and attrs.get(f.name) is not None}
+        for name, old in _LEGACY_DENSE.items():
+            if attrs.get(name) or attrs.get(old):
+                plain[name] = attrs.get(name) or attrs[old]
+        link = {f.name: attrs.get(_MLFLOW + f.name) for f in fields(MlflowLink)}
+        return cls(**plain, mlflow=MlflowLink(**link) if all(link.values()) else None)
+
+    @classmethod
+    def of(cls, study) -> "StudyRecord":
+        """The record of an Optuna study (anything with ``user_attrs``)."""
+        return cls.from_attrs(study.user_attrs)
+
+    @staticmethod
+    def write(study, **values: Any) -> None:
+        """Store the named fields on ``study`` (``mlflow``: a :class:`MlflowLink`)."""
+        known = {f.name for f in fields(StudyRecord)}
+        for name, value in values.items():
+            if name not in known:
+                raise KeyError(f"StudyRecord has no field {name!r}")
+            if name == "mlflow":
+                for key, item in asdict(value).items():
+                    study.set_user_attr(_MLFLOW + key, item)
+            else:
+                study.set_user_attr(name, value)
+
+
+_MLFLOW = "mlflow_"  # MlflowLink's fields are stored as mlflow_<field>
+_LEGACY_DENSE = {"dense_test_metrics": "dense_test_accuracy", "dense_val_metrics": "dense_val_accuracy"}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from automtl import pareto, plots, progress, retention, tracking
 from automtl.backends.base import budget_used
 from automtl.checkpoints import atomic_write_bytes
 from automtl.errors import UserError
-from automtl.objectives import dense_metrics, of_study, task_objectives
+from automtl.objectives import of_study, task_objectives
+from automtl.records import StudyRecord
 from automtl.rundir import RunDir
 
 
@@ -47,7 +48,7 @@ def dashboard(study: optuna.Study, run: RunDir) -> str:
     config = run.load_config()
     snap = progress.take(study, config.trials)
     tasks = task_objectives(of_study(study))
-    dense, disk = dense_metrics(study.user_attrs), retention.disk_use(run)
+    dense, disk = StudyRecord.of(study).dense_test_metrics, retention.disk_use(run)
     cards = {
         "complete / stopped early / failed":
             f"{snap.counts['complete']} / {snap.counts['stopped_early']} / {snap.counts['failed']}",
@@ -113,5 +114,6 @@ def sync_mlflow(run_dir: str | Path) -> dict:
     searching = run.busy()
     ended = budget_used(study) >= config.trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     tracking.set_parent_status(tracker, "RUNNING" if searching else "FINISHED" if ended else "KILLED")
-    return {"experiment": study.user_attrs["mlflow_experiment"], "parent_run_id": tracker.parent_run_id,
-            "created_child_runs": created, "trials": len(study.trials), "tracking_uri": study.user_attrs["mlflow_uri"]}
+    link = StudyRecord.of(study).mlflow
+    return {"experiment": link.experiment, "parent_run_id": tracker.parent_run_id,
+            "created_child_runs": created, "trials": len(study.trials), "tracking_uri": link.uri}

@@ -11,7 +11,7 @@ is non-dominated among the ``n`` trials judged there so far, or among the best
 trial number. Keeping the whole non-dominated set (not only its most crowded-out
 members) keeps the front's middle, where plans trade a little of every task
 for sparsity; a dominated plan goes on only while few plans reached the rung.
-That is ``promote: rank``; ``promote: hypervolume`` instead lets on only the
+That is ``promote: rank``; ``promote: hypervolume`` (:mod:`automtl.promotion`) instead lets on only the
 ``ceil(n / reduction)`` trials whose own share of the rung's hypervolume is the
 largest (reference: just below the worst value of each objective there), so a
 dominated plan never goes on and the budget follows the plans that widen the
@@ -34,15 +34,16 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-import moocore
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from automtl import objectives
+from automtl import objectives, study_storage
 from automtl.metrics import MAXIMIZE
+from automtl.promotion import PROMOTIONS
 from automtl.records import RUNGS
 
 if TYPE_CHECKING:
@@ -50,64 +51,50 @@ if TYPE_CHECKING:
     from automtl.problems import Problem
 
 JUDGED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+Gate = Callable[[int, list[float]], bool]  # (epochs, judged objective values) -> whether the trial goes on
+
+
+class TrialStopped(Exception):
+    """A trial its rung stopped early (not failed: it ranked below the rung's cut): where, its judged values
+    and validation metrics there, and its compute until then."""
+
+    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float], seconds: float = 0.0):
+        super().__init__(f"stopped after {epochs} fine-tune epoch(s)")
+        self.epochs, self.values, self.metrics, self.seconds = epochs, values, metrics, seconds
+
+
+@dataclass(frozen=True)
+class RungStop:
+    """Where a judge stopped its trial, with the values and metrics it was judged on."""
+
+    epochs: int
+    values: list[float]
+    metrics: dict[str, float]
+
+
+class RungJudge:
+    """Called after every fine-tune epoch of one trial: at a rung milestone it scores the trial (``score()``:
+    its judged objective values and validation metrics) and asks the gate; ``stop`` says where it stopped."""
+
+    def __init__(self, milestones: Sequence[int], gate: Gate,
+                 score: Callable[[], tuple[list[float], dict[str, float]]]):
+        self.milestones, self.gate, self.score = set(milestones), gate, score
+        self.stop: RungStop | None = None
+
+    def __call__(self, epochs: int) -> bool:
+        if epochs not in self.milestones:
+            return True
+        values, metrics = self.score()
+        if self.gate(epochs, values):
+            return True
+        self.stop = RungStop(epochs, values, metrics)
+        return False
 
 
 def judged_objectives(config: "SearchConfig", problem: "Problem") -> list[objectives.Objective]:
     """The objectives a rung compares: every declared one except those measured on the shrunk model
     (FLOPs and latency, which fine-tuning does not change)."""
     return [o for o in objectives.declared(config, problem) if o.name not in objectives.STRUCTURAL]
-
-
-def crowding(points: np.ndarray) -> np.ndarray:
-    """NSGA-II's crowding distance of each point within ``points`` (the ends of every objective: inf)."""
-    n, distance = len(points), np.zeros(len(points))
-    if n <= 2:
-        return np.full(n, np.inf)
-    for column in points.T:
-        order = np.argsort(column, kind="stable")
-        span = column[order[-1]] - column[order[0]]
-        distance[order[[0, -1]]] = np.inf
-        if span > 0:
-            distance[order[1:-1]] += (column[order[2:]] - column[order[:-2]]) / span
-    return distance
-
-
-def ranking(points: np.ndarray) -> list[int]:
-    """Indices of ``points`` (rows, every column maximised) best first: non-dominated rank, crowding, index."""
-    ranks = moocore.pareto_rank(points, maximise=True)
-    crowd = np.zeros(len(points))
-    for rank in np.unique(ranks):
-        members = np.flatnonzero(ranks == rank)
-        crowd[members] = crowding(points[members])
-    return sorted(range(len(points)), key=lambda i: (ranks[i], -crowd[i], i))
-
-
-def _by_rank(points: np.ndarray, own: int, cut: int) -> bool:
-    """Non-dominated, or among the best ``cut`` by :func:`ranking`."""
-    if moocore.is_nondominated(points, maximise=True, keep_weakly=True)[own]:
-        return True
-    return ranking(points).index(own) < cut
-
-
-def contributions(points: np.ndarray) -> np.ndarray:
-    """Each point's exclusive share of the hypervolume of ``points`` (rows, every column maximised), above
-    a reference just below the worst value of each column (1 % of its span, or 1e-9): 0 for a dominated
-    point, positive for every other."""
-    low, high = points.min(axis=0), points.max(axis=0)
-    reference = low - np.maximum(0.01 * (high - low), 1e-9)
-    return moocore.hv_contributions(points, ref=reference, maximise=True)
-
-
-def _by_hypervolume(points: np.ndarray, own: int, cut: int) -> bool:
-    """Among the ``cut`` largest shares of the hypervolume, and a positive share (never a dominated plan)."""
-    shares = contributions(points)
-    if shares[own] <= 0:
-        return False
-    order = sorted(range(len(points)), key=lambda i: (-shares[i], i))
-    return order.index(own) < cut
-
-
-PROMOTIONS: dict[str, Callable[[np.ndarray, int, int], bool]] = {"rank": _by_rank, "hypervolume": _by_hypervolume}
 
 
 def goes_on(number: int, judged: Mapping[int, Sequence[float]], directions: Sequence[str], reduction: int,
@@ -130,7 +117,6 @@ class RungGate:
                  promote: str = "rank"):
         self.study, self.number = study, number
         self.directions, self.reduction, self.promote = list(directions), reduction, promote
-        self.trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.recorded: dict[str, list[float]] = {}
 
     @classmethod
@@ -145,7 +131,7 @@ class RungGate:
         """Record ``values`` at the rung of ``epochs``; True when the trial goes on."""
         key = str(epochs)
         self.recorded[key] = [float(v) for v in values]
-        self.study._storage.set_trial_user_attr(self.trial_id, RUNGS, dict(self.recorded))
+        study_storage.set_attr(self.study, self.number, RUNGS, dict(self.recorded))
         judged = {t.number: t.user_attrs[RUNGS][key] for t in self.study.get_trials(deepcopy=False, states=JUDGED)
                   if key in t.user_attrs.get(RUNGS, {})}
         judged[self.number] = self.recorded[key]

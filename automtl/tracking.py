@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl.objectives import STRUCTURAL, Objective, dense_metrics, metric_names, of_attrs, of_study
-from automtl.records import TrialRecord, dense_reference
+from automtl.objectives import STRUCTURAL, Objective, metric_names, of_attrs, of_study
+from automtl.records import MlflowLink, StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -117,26 +117,28 @@ class Tracker:
         self.broken = False
 
     @staticmethod
-    def attrs(study_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The study attributes a worker needs to log child runs (None if tracking is off or unavailable)."""
-        if not study_attrs.get("mlflow_active"):
+    def description(study_attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What a worker needs to log child runs, as plain data (None if tracking is off or unavailable)."""
+        record = StudyRecord.from_attrs(study_attrs)
+        if not record.mlflow_active or record.mlflow is None:
             return None
-        attrs = {k: v for k, v in study_attrs.items() if k.startswith("mlflow_") or k == "study_uid"}
         declared = of_attrs(study_attrs)
-        return attrs | {"metric_names": metric_names(declared), "rung_names": rung_names(declared)}
+        return {"uri": record.mlflow.uri, "experiment_id": record.mlflow.experiment_id,
+                "parent_run_id": record.mlflow.parent_run_id, "study_uid": record.study_uid,
+                "metric_names": metric_names(declared), "rung_names": rung_names(declared)}
 
     @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any] | None) -> "Tracker | None":
-        """The tracker described by :meth:`attrs` (None when tracking is off)."""
-        if not attrs:
+    def from_description(cls, described: Mapping[str, Any] | None) -> "Tracker | None":
+        """The tracker :meth:`description` describes (None when tracking is off)."""
+        if not described:
             return None
-        return cls(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
-                   attrs["study_uid"], attrs.get("metric_names"), attrs.get("rung_names"))
+        return cls(_client(described["uri"]), described["experiment_id"], described["parent_run_id"],
+                   described["study_uid"], described["metric_names"], described["rung_names"])
 
     @classmethod
     def attach(cls, study: optuna.Study) -> "Tracker | None":
         """The tracker a search set up for ``study`` (None if tracking is off or unavailable)."""
-        return cls.from_attrs(cls.attrs(study.user_attrs))
+        return cls.from_description(cls.description(study.user_attrs))
 
     def log_trial(self, trial: FrozenTrial, pareto: bool | None = None) -> None:
         """Create (or update) the child run of a finished trial."""
@@ -218,10 +220,10 @@ def set_parent_status(tracker: Tracker | None, status: str) -> None:
         log.warning("MLflow: the study's run could not be marked %s (%s)", status, exc)
 
 
-def where_to_look(attrs: Mapping[str, Any]) -> dict[str, str]:
+def where_to_look(link: MlflowLink) -> dict[str, str]:
     """How to open the study's runs: the UI command for a local store, and the runs view's address (the
     ``workflowType`` parameter opens MLflow 3's model-training view, not its GenAI overview)."""
-    uri, experiment = attrs["mlflow_uri"], attrs["mlflow_experiment_id"]
+    uri, experiment = link.uri, link.experiment_id
     local = not uri.startswith(("http://", "https://"))
     base = "http://127.0.0.1:5000" if local else uri.rstrip("/")
     return {"tracking_uri": uri, "experiment_id": experiment,
@@ -232,7 +234,7 @@ def where_to_look(attrs: Mapping[str, Any]) -> dict[str, str]:
 def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
     """Set up (or reattach to) the study's experiment and parent run; None when tracking is off
     or the server cannot be reached (said once, the search runs on)."""
-    study.set_user_attr("mlflow_active", False)
+    StudyRecord.write(study, mlflow_active=False)
     if not config.tracking.enabled:
         return None
     import mlflow
@@ -247,7 +249,7 @@ def start(study: optuna.Study, config, run_dir: Path) -> Tracker | None:
     except Exception as exc:  # noqa: BLE001
         log.warning("MLflow tracking at %s failed (%s); the search runs on without it.", uri, exc)
         return None
-    study.set_user_attr("mlflow_active", True)
+    StudyRecord.write(study, mlflow_active=True)
     return tracker
 
 
@@ -260,8 +262,9 @@ def artifact_location(uri: str) -> str | None:
 
 
 def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path) -> Tracker:
-    attrs = study.user_attrs
-    name = attrs.get("mlflow_experiment") or config.tracking.experiment or f"{config.name}/{run_dir.resolve().name}"
+    record = StudyRecord.of(study)
+    name = (record.mlflow.experiment if record.mlflow else None) or config.tracking.experiment or \
+        f"{config.name}/{run_dir.resolve().name}"
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         name, artifact_location=artifact_location(uri), tags=EXPERIMENT_TAGS)
@@ -269,26 +272,24 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
         for key, value in EXPERIMENT_TAGS.items():
             client.set_experiment_tag(experiment_id, key, value)
     found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{attrs['study_uid']}' and tags.`{ROLE}` = 'study'"
+        [experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{record.study_uid}' and tags.`{ROLE}` = 'study'"
     )
     if found:
         parent = found[0].info.run_id
     else:
         parent = client.create_run(experiment_id, run_name=config.name, tags={
-            STUDY_TAG: attrs["study_uid"], ROLE: "study", "run_dir": str(run_dir.resolve())}).info.run_id
+            STUDY_TAG: record.study_uid, ROLE: "study", "run_dir": str(run_dir.resolve())}).info.run_id
         from mlflow.entities import Param
 
         params = {"sampler": config.sampler.name, "seed": config.seed, "problem": config.problem.name,
                   "strategies": ", ".join(config.pruning.strategies), "order": config.pruning.order,
-                  "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(attrs["objectives"]),
+                  "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(record.objectives),
                   "fine_tune": f"{config.fine_tune.optimizer.name}, {config.fine_tune.schedule}"}
-        params |= {f"dense.{key}": value for key, value in dense_reference(attrs).items() if value is not None}
+        params |= {f"dense.{key}": value for key, value in record.dense_reference.items() if value is not None}
         client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
-    for key, value in {"mlflow_uri": uri, "mlflow_experiment": name, "mlflow_experiment_id": experiment_id,
-                       "mlflow_parent_run_id": parent}.items():
-        study.set_user_attr(key, value)
+    StudyRecord.write(study, mlflow=MlflowLink(uri, name, experiment_id, parent))
     declared = of_study(study)
-    return Tracker(client, experiment_id, parent, attrs["study_uid"], metric_names(declared), rung_names(declared))
+    return Tracker(client, experiment_id, parent, record.study_uid, metric_names(declared), rung_names(declared))
 
 
 def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervolumes: Iterable[tuple[int, float]],
@@ -309,7 +310,8 @@ def sync(study: optuna.Study, tracker: Tracker, front_numbers: set[int], hypervo
     logged = {m.step for m in client.get_metric_history(parent, "hypervolume")}
     new = [Metric("hypervolume", hv, 0, step) for step, hv in hypervolumes if step not in logged]
     names, present = metric_names(of_study(study)), client.get_run(parent).data.metrics
-    dense = {f"dense.{names.get(task, 'metric')}.{task}": v for task, v in dense_metrics(study.user_attrs).items()}
+    dense = {f"dense.{names.get(task, 'metric')}.{task}": v
+             for task, v in StudyRecord.of(study).dense_test_metrics.items()}
     new += [Metric(key, float(value), 0, 0) for key, value in dense.items() if key not in present]
     for start in range(0, len(new), 900):
         client.log_batch(parent, metrics=new[start:start + 900])
@@ -329,11 +331,11 @@ def log_exported_model(study: optuna.Study, trial_number: int, out_dir: Path, ex
     register the ONNX model as ``register`` with ``alias``. Returns where it went."""
     import mlflow
 
-    attrs = study.user_attrs
-    if "mlflow_parent_run_id" not in attrs or not reachable(attrs["mlflow_uri"]):
+    record = StudyRecord.of(study)
+    if record.mlflow is None or not reachable(record.mlflow.uri):
         raise RuntimeError("the study has no reachable MLflow tracking (run `automtl report --sync-mlflow` first)")
-    tracker = Tracker(_client(attrs["mlflow_uri"]), attrs["mlflow_experiment_id"], attrs["mlflow_parent_run_id"],
-                      attrs["study_uid"])
+    tracker = Tracker(_client(record.mlflow.uri), record.mlflow.experiment_id, record.mlflow.parent_run_id,
+                      record.study_uid)
     run = tracker._child_runs(trial_number).get(trial_number)
     if run is None:
         raise RuntimeError(f"trial {trial_number} has no MLflow run (run `automtl report --sync-mlflow` first)")
@@ -347,8 +349,8 @@ def log_exported_model(study: optuna.Study, trial_number: int, out_dir: Path, ex
     from mlflow.models import infer_signature
 
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    outputs = dict(zip(attrs["tasks"], session.run(attrs["tasks"], {"input": example})))
-    mlflow.set_tracking_uri(attrs["mlflow_uri"])
+    outputs = dict(zip(record.tasks, session.run(record.tasks, {"input": example})))
+    mlflow.set_tracking_uri(record.mlflow.uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="model", registered_model_name=register,
                                      signature=infer_signature(example, outputs), save_as_external_data=False)

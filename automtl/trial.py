@@ -3,7 +3,7 @@
 prune (strategies in order, masks compose) -> fine-tune with the plan's task
 weighting and learning rate, masks held (or closed gradually over the first
 epochs), optionally distilling from the dense model, judged at every rung
-milestone (:mod:`automtl.rungs`; a stopped trial raises :class:`TrialStopped`) ->
+milestone (:mod:`automtl.rungs`; a stopped trial raises :class:`~automtl.rungs.TrialStopped`) ->
 recalibrate BatchNorm statistics for the final weights -> evaluate
 on validation (the objectives) and test (for the record) -> save the pruned
 weights compactly so the trial can be exported without re-running.
@@ -25,84 +25,21 @@ from torch import nn
 
 from automtl import checkpoints, dense as dense_mod, objectives, stacked
 from automtl.config import SearchConfig
-from automtl.measure import cpu_latency_ms, flops
-from automtl.models import ModelSpec, task_outputs
+from automtl.devices import batch_size, resolve_device
+from automtl.errors import TrialFailed
+from automtl.measure import shrunk_costs
+from automtl.models import ModelSpec
 from automtl.problems import Problem
 from automtl.pruning import PipelineReport, PruneContext, apply, make_permanent
 from automtl.pruning.gradual import GradualMasks
-from automtl.pruning.shrink import CHECK_SAMPLES, ShrinkFailed, shrink
 from automtl.records import TrialResult
 from automtl.rundir import weights_path
 from automtl.space import TrialPlan
-from automtl.rungs import judged_objectives
-from automtl.train import (Distillation, Teacher, batches_per_epoch, evaluate, fit, predict,
-                           recalibrate_batchnorm)
+from automtl.rungs import Gate, RungJudge, TrialStopped, judged_objectives
+from automtl.train import Distillation, Teacher, batches_per_epoch, evaluate, fit, recalibrate_batchnorm
 from automtl.weighting import Weighting, make_weighting
 
 log = logging.getLogger(__name__)
-
-
-class TrialFailed(Exception):
-    """A trial that produced no usable result (the reason is recorded on the trial)."""
-
-
-def costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str, float]:
-    """The structural objectives the config asks for (``flops``, ``latency_ms``) of ``model`` as it is,
-    on the CPU (latency: median of ``latency.rounds`` forward passes of ``latency.batch_size`` inputs)."""
-    measured = {}
-    inputs = problem.val.sample(config.latency.batch_size).inputs.cpu()
-    if "flops" in config.objectives:
-        measured["flops"] = float(flops(model, inputs))
-    if "latency_ms" in config.objectives:
-        measured["latency_ms"] = cpu_latency_ms(model, inputs, config.latency.batch_size, config.latency.rounds)
-    return measured
-
-
-def shrunk_costs(model: nn.Module, problem: Problem, config: SearchConfig) -> dict[str, float]:
-    """:func:`costs` of a CPU copy of ``model`` with its unused units physically removed (as export would;
-    the unshrunk model's when removing them would change it, which export would refuse)."""
-    if not set(objectives.STRUCTURAL) & set(config.objectives):
-        return {}
-    shrunk = copy.deepcopy(model).cpu()
-    try:
-        shrink(shrunk, problem.val.sample(CHECK_SAMPLES).inputs.cpu(), problem.task_names)
-    except ShrinkFailed as exc:
-        log.warning("%s; the structural objectives are measured on the unshrunk model", exc)
-        shrunk = copy.deepcopy(model).cpu()
-    return costs(shrunk, problem, config)
-
-
-def reference_values(bench: "Bench", dense_val: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-    """The dense model's value of every objective (``dense_val``: its validation metric per task), and a
-    constant predictor's value of every task metric (the dense model's mean validation output, for every
-    input): how :mod:`automtl.objectives` bounds them."""
-    problem, dense, config = bench.problem, bench.dense.eval(), bench.config
-    outputs, targets = predict(lambda x: task_outputs(dense(x), problem.task_names), problem.val, config.data.batch_size)
-    constant = problem.score({task: value.mean(0, keepdim=True).expand_as(value) for task, value in outputs.items()},
-                             targets)
-    dense_values = {t.objective: dense_val[t.name] for t in problem.tasks}
-    dense_values |= costs(dense, problem, config) | {"nonzero_parameters": sum(p.numel() for p in dense.parameters())}
-    return dense_values, {t.objective: constant[t.name] for t in problem.tasks}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = CUDA when this process sees a GPU (Ray sets which one), else CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrialFailed("backend.device is cuda but this worker sees no GPU (torch.cuda.is_available() is False)")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-AUTO_BATCH, AUTO_BATCH_PARAMETERS = 16, 50_000_000
-
-
-def batch_size(config: SearchConfig, cuda: bool, parameters: Callable[[], int]) -> int:
-    """Trials fine-tuned together: the config's ``trial_batch``, or for ``auto`` 1 on the CPU (workers with
-    a thread each already keep the cores busy, so a batch is no faster: docs/BENCHMARKS.md) and on CUDA as
-    many as keep the stack within ``AUTO_BATCH_PARAMETERS`` parameters (``parameters()``: one model's), at
-    most ``AUTO_BATCH``."""
-    if config.trial_batch != "auto":
-        return config.trial_batch
-    return max(1, min(AUTO_BATCH, AUTO_BATCH_PARAMETERS // parameters())) if cuda else 1
 
 
 @dataclass
@@ -171,15 +108,6 @@ def _rebuilt(config_json: str) -> Problem:
     return SearchConfig.model_validate_json(config_json).build_problem()
 
 
-class TrialStopped(Exception):
-    """A trial its rung stopped early (not failed: it ranked below the rung's cut)."""
-
-    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float], seconds: float = 0.0):
-        super().__init__(f"stopped after {epochs} fine-tune epoch(s)")
-        self.epochs, self.values, self.metrics, self.seconds = epochs, values, metrics, seconds
-
-
-Gate = Callable[[int, list[float]], bool]
 Outcome = TrialResult | TrialStopped | Exception
 """How one trial of a batch ended: a result, stopped at a rung, or the exception that failed it."""
 
@@ -194,10 +122,9 @@ class _Pruned:
     ctx: PruneContext
     planned: PipelineReport
     weighting: Weighting
-    closing: GradualMasks | None
-    judge: "_Judge | None"
-    start: float
-    pruned: float
+    gradual_masks: GradualMasks | None
+    judge: RungJudge | None
+    prune_seconds: float
     fine_tune_seconds: float | None = None  # None until fine-tuned
 
 
@@ -205,7 +132,8 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
     """Prune, fine-tune, evaluate and save; raise TrialFailed on a non-finite result.
 
     With ``gate`` (:class:`automtl.rungs.RungGate`) and ``rungs`` configured, the trial is judged at every
-    rung milestone on its validation objectives and raises :class:`TrialStopped` when the gate says stop.
+    rung milestone on its validation objectives and raises :class:`~automtl.rungs.TrialStopped` when the gate
+    says stop.
     """
     trial = _prune(plan, bench, number, gate)
     _fine_tune_alone(trial, bench)
@@ -260,7 +188,7 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
     seed = config.seed + number
     torch.manual_seed(seed)
     model = copy.deepcopy(dense)
-    start = time.perf_counter()
+    started = time.perf_counter()
     ctx = PruneContext.create(
         model, problem, calibration_size=config.pruning.calibration_size,
         aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=seed,
@@ -269,49 +197,64 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
     method = "static" if plan.loss_weights else plan.loss_method
     weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
     gradual = config.fine_tune.gradual
-    closing = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(
+    gradual_masks = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(
         problem, config.fine_tune.recipe(plan.lr)))) if gradual else None)
-    judge = _Judge(model, ctx, bench, planned, gate) if gate and config.rungs else None
-    return _Pruned(plan, number, model, ctx, planned, weighting, closing, judge, start, time.perf_counter())
+    judge = None
+    if gate and config.rungs:
+        wanted = judged_objectives(config, bench.problem)
+
+        def score() -> tuple[list[float], dict[str, float]]:  # the trial's judged objectives now
+            recalibrate_batchnorm(model, ctx.calibration, config.fine_tune.batch_size)
+            metrics = evaluate(model, problem, problem.val, config.data.batch_size)
+            _require_finite(metrics)
+            return [float(v) for v in _measures(planned, metrics, problem, {}, wanted)], metrics
+
+        judge = RungJudge(config.rungs.milestones(config.fine_tune.epochs)[:-1], gate, score)
+    return _Pruned(plan, number, model, ctx, planned, weighting, gradual_masks, judge, time.perf_counter() - started)
 
 
 def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     """Fine-tune one pruned trial with its loss weighting, distillation weight and learning rate (closing
-    the masks gradually if configured); raise TrialStopped when a rung stops it. Every trial of a study
-    reads the training data in the same order (seeded by the study's seed), as a batch of them does."""
+    the masks gradually if configured); raise why it ended early, if it did. Every trial of a study reads
+    the training data in the same order (seeded by the study's seed), as a batch of them does."""
     config, plan = bench.config, trial.plan
     device = resolve_device(config.backend.device)
     problem, _ = bench.on(device)
     distill = Distillation(bench.teacher(device), plan.distillation) if plan.distillation > 0 else None
     started = time.perf_counter()
     history = fit(trial.model, problem, config.fine_tune.recipe(plan.lr), config.seed, trial.weighting, distill,
-                  before_step=trial.closing, after_epoch=trial.judge)
-    _check_tuned(trial, history, time.perf_counter() - started)
+                  before_step=trial.gradual_masks, after_epoch=trial.judge)
+    early = _ended_early(trial, history, time.perf_counter() - started)
+    if early is not None:
+        raise early
 
 
 def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callable[[int, Outcome], None]) -> None:
-    """Fine-tune ``trials`` in one vectorised pass; one that diverges or stops is reported as it leaves."""
+    """Fine-tune ``trials`` in one vectorised pass; one that ends early (diverged, or stopped at a rung) is
+    reported as it leaves."""
     config = bench.config
     device = resolve_device(config.backend.device)
     problem, dense = bench.on(device)
 
-    def leaving(index: int, trial: _Pruned, member: stacked.Member) -> Callable[[int], bool]:
+    def goes_on(index: int, trial: _Pruned, member: stacked.Member) -> Callable[[int], bool]:
         def after_epoch(epochs: int) -> bool:
             try:
-                _check_finite_history(member.history)
-                if trial.judge is not None and not trial.judge(epochs):
-                    _check_tuned(trial, member.history, member.seconds)
-                return True
-            except (TrialFailed, TrialStopped) as outcome:
-                report(index, outcome)
+                early = _ended_early(trial, member.history, member.seconds, finished=False)  # diverged?
+                if early is None and trial.judge is not None and not trial.judge(epochs):
+                    early = _ended_early(trial, member.history, member.seconds, finished=False)  # stopped here
+            except TrialFailed as failed:  # its metrics at the rung are not finite
+                early = failed
+            if early is not None:
+                report(index, early)
                 return False
+            return True
         return after_epoch
 
     members = {}
     for index, trial in trials.items():
         member = stacked.Member(trial.model, trial.weighting, config.fine_tune.recipe(trial.plan.lr).lr,
-                                trial.plan.distillation, trial.closing)
-        member.after_epoch = leaving(index, trial, member)
+                                trial.plan.distillation, trial.gradual_masks)
+        member.after_epoch = goes_on(index, trial, member)
         members[index] = member
     stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.recipe(), config.seed,
                          bench.teacher(device))
@@ -319,19 +262,19 @@ def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callab
         trial.fine_tune_seconds = members[index].seconds  # its share: a batch's time counts once
 
 
-def _check_tuned(trial: _Pruned, history: list[dict[str, float]], seconds: float) -> None:
-    """Raise TrialFailed when fine-tuning diverged, TrialStopped (with the trial's compute so far) when a rung
-    stopped the trial; else record ``seconds`` of fine-tuning."""
-    _check_finite_history(history)
-    if trial.judge and trial.judge.stopped:
-        trial.judge.stopped.seconds = trial.pruned - trial.start + seconds
-        raise trial.judge.stopped
-    trial.fine_tune_seconds = seconds
-
-
-def _check_finite_history(history: list[dict[str, float]]) -> None:
+def _ended_early(trial: _Pruned, history: list[dict[str, float]], seconds: float, finished: bool = True
+                 ) -> TrialFailed | TrialStopped | None:
+    """Why ``trial``'s fine-tune (``seconds`` so far, ``history`` of its task losses) ends early: it diverged,
+    or its rung stopped it (with its compute so far). None when it goes on, or, ``finished``, ran to its end,
+    whose ``seconds`` are then recorded."""
     if any(not math.isfinite(v) for epoch in history for v in epoch.values()):
-        raise TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
+        return TrialFailed(f"fine-tuning diverged: non-finite task loss {history[-1]}")
+    stop = trial.judge.stop if trial.judge else None
+    if stop is not None:
+        return TrialStopped(stop.epochs, stop.values, stop.metrics, trial.prune_seconds + seconds)
+    if finished:
+        trial.fine_tune_seconds = seconds
+    return None
 
 
 def _finish(trial: _Pruned, bench: Bench) -> TrialResult:
@@ -356,7 +299,7 @@ def _finish(trial: _Pruned, bench: Bench) -> TrialResult:
         test_metrics=test_metrics,
         final_loss_weights=trial.weighting.current(),
         structure=structure,
-        prune_seconds=trial.pruned - trial.start,
+        prune_seconds=trial.prune_seconds,
         fine_tune_seconds=trial.fine_tune_seconds,
         eval_seconds=evaluated - started,
         weights=relative,
@@ -386,27 +329,3 @@ def _measures(report: PipelineReport, metrics: dict[str, float], problem: Proble
     measures = {"sparsity": report.sparsity, "nonzero_parameters": report.nonzero_parameters, **structure}
     measures |= {task.objective: metrics[task.name] for task in problem.tasks}
     return [measures[o.name] for o in wanted]
-
-
-class _Judge:
-    """Called after every fine-tune epoch: at a rung milestone, evaluates the trial (BatchNorm
-    recalibrated, validation split) and asks the gate; remembers why it stopped."""
-
-    def __init__(self, model: nn.Module, ctx: PruneContext, bench: Bench, planned: PipelineReport, gate: Gate):
-        config = bench.config
-        self.model, self.ctx, self.config, self.planned, self.gate = model, ctx, config, planned, gate
-        self.milestones = set(config.rungs.milestones(config.fine_tune.epochs)[:-1])
-        self.wanted = judged_objectives(config, bench.problem)
-        self.stopped: TrialStopped | None = None
-
-    def __call__(self, epochs: int) -> bool:
-        if epochs not in self.milestones:
-            return True
-        recalibrate_batchnorm(self.model, self.ctx.calibration, self.config.fine_tune.batch_size)
-        metrics = evaluate(self.model, self.ctx.problem, self.ctx.problem.val, self.config.data.batch_size)
-        _require_finite(metrics)
-        values = [float(v) for v in _measures(self.planned, metrics, self.ctx.problem, {}, self.wanted)]
-        if self.gate(epochs, values):
-            return True
-        self.stopped = TrialStopped(epochs, values, metrics)
-        return False

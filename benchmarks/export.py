@@ -42,7 +42,7 @@ from automtl import api, retention
 from automtl.formats import TaskTuple
 from automtl.formats import onnx as onnx_format
 from automtl.measure import time_side_by_side
-from automtl.objectives import dense_metrics
+from automtl.records import StudyRecord
 from automtl.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def run_zoo_search(name: str, trials: int, tmp: Path) -> tuple[list[tuple[str, d
     disk = {"all": retention.disk_use(run)}
     retention.release_dominated(run, run.load_study(), "front")
     disk["front"] = retention.disk_use(run)
-    dense = dense_metrics(run.load_study().user_attrs)
+    dense = StudyRecord.of(run.load_study()).dense_test_metrics
     floors = [f"{task}>={dense[task] - ZOO_FLOOR:.4f}" for task in ("left", "right")]
     rows = []
     for label, how in {"knee": {"pick": "knee"},

@@ -7,8 +7,8 @@ import yaml
 from automtl import api
 from automtl.config import RungsConfig, load
 from automtl.errors import UserError
-from automtl.fidelity import FIDELITY, FULL_FINE_TUNES, MAX_EPOCHS, full_epochs
-from automtl.records import records
+from automtl.fidelity import FULL_FINE_TUNES, MAX_EPOCHS, full_epochs
+from automtl.records import StudyRecord, records
 from automtl.rundir import RunDir
 from tests.test_search import ROOT
 
@@ -59,7 +59,7 @@ def test_the_default_runs_unedited_on_other_tasks_and_resumes_with_its_chosen_fi
     summary = api.search(DEFAULT, run_dir=run_dir, overrides=[*ELSEWHERE, "rungs.promote=hypervolume"])
     assert summary.status["counts"]["complete"] >= 2
     study = RunDir(run_dir).load_study()
-    chosen = study.user_attrs[FIDELITY]
+    chosen = StudyRecord.of(study).fidelity
     stored = RunDir(run_dir).load_config()
     assert stored.fine_tune.epochs == chosen["epochs"] >= 1
     assert chosen["budget_seconds"] == 6 and chosen["epoch_seconds"] > 0
@@ -70,7 +70,7 @@ def test_the_default_runs_unedited_on_other_tasks_and_resumes_with_its_chosen_fi
     api.search(DEFAULT, run_dir=run_dir, overrides=[*ELSEWHERE, "rungs.promote=hypervolume", "timeout=3"],
                resume=True)
     again = RunDir(run_dir).load_study()
-    assert again.user_attrs[FIDELITY] == chosen
+    assert StudyRecord.of(again).fidelity == chosen
     assert RunDir(run_dir).load_config().fine_tune.epochs == chosen["epochs"]
     assert len(again.trials) > before
     assert api.status(run_dir)["fine_tune"] == {"epochs": chosen["epochs"], "chosen": chosen}

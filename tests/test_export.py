@@ -110,7 +110,7 @@ def test_bad_exports_exit_2_and_leave_nothing_behind(searched, tmp_path):
         (["export", copy, "--trial", 999, "-o", tmp_path / "o3"], "trial 999 does not exist"),
         (["export", copy, "--require", "left>=1.5", "-o", tmp_path / "o4"], "no Pareto trial meets left>=1.5; closest: trial"),
         (["export", copy, "--pick", "best-middle", "-o", tmp_path / "o5"], "--pick 'best-middle' is unknown; allowed"),
-        (["export", copy, "--format", "tflite", "-o", tmp_path / "o6"], "allowed formats are onnx,torchscript,safetensors"),
+        (["export", copy, "--format", "tflite", "-o", tmp_path / "o6"], "allowed formats are onnx,torch_export,safetensors"),
         (["export", copy, "--format", "safetensors", "--quantize", "int8", "-o", tmp_path / "o7"], "include onnx"),
         (["export", copy, "--latency-batch", 0, "-o", tmp_path / "o8"], "--latency-batch 0: must be a whole number >= 1"),
         (["export", copy, "-o", tmp_path / "full"], "exists and is not an empty folder"),

@@ -12,12 +12,12 @@ from torch import nn
 
 from automtl import UserError
 from automtl.models import in_mode, task_outputs
-from automtl.pruning import STRATEGIES, PruneContext, apply
-from automtl.pruning.base import get_strategy
+from automtl.pruning import STRATEGIES, PruneContext, apply, require
+from automtl.pruning.registry import get_strategy
 from automtl.pruning.groups import drop_unheard
 from automtl.pruning import pipeline
-from automtl.pruning.pipeline import measure
-from automtl.pruning.activations import unit_activations
+from automtl.pruning.pipeline import describe
+from automtl.pruning.probe import unit_activations
 from automtl.pruning.layers import discover, effective, make_permanent, present
 from automtl.train import TrainConfig, fit
 from tests.fixtures.zoo import ZOO
@@ -232,13 +232,13 @@ def test_units_nothing_reads_lose_their_weights_and_the_outputs_stay_the_same(zo
     inputs = problem.val.inputs[:64]
     with in_mode(model, False):
         before = task_outputs(model(inputs), problem.task_names)
-        nonzero = measure(model, ctx).nonzero_parameters
+        nonzero = describe(model, ctx).nonzero_parameters
         dropped = drop_unheard(ctx.groups)
         after = task_outputs(model(inputs), problem.task_names)
     assert all(torch.equal(before[t], after[t]) for t in before), "a unit nothing reads changes no output"
     assert drop_unheard(ctx.groups) == 0, "it cascades until none is left to drop"
     # (only BatchNorm entries may go: a unit whose weight rows are already zero)
-    assert (measure(model, ctx).nonzero_parameters < nonzero) == (dropped > 0)
+    assert (describe(model, ctx).nonzero_parameters < nonzero) == (dropped > 0)
     if name == "mlp":
         assert dropped > 0
 
@@ -295,8 +295,8 @@ def test_a_model_with_no_removable_unit_refuses_structured_strategies_only(zoo):
     ctx = PruneContext.create(model, problem, calibration_size=64)
     assert ctx.untraceable is None and not ctx.groups
     with pytest.raises(UserError, match=r"structured strategies \['activation'\] find no removable unit"):
-        ctx.require(model, ["activation", "magnitude"])
-    ctx.require(model, ["magnitude", "taylor"])
+        require(model, ctx, ["activation", "magnitude"])
+    require(model, ctx, ["magnitude", "taylor"])
     assert apply(model, [("magnitude", 0.3)], ctx).sparsity > 0
 
 
@@ -307,15 +307,15 @@ def test_a_model_torch_pruning_cannot_trace_keeps_the_unstructured_strategies(zo
     def untraceable(*_args):
         raise RuntimeError("unsupported operator aten::weird")
 
-    monkeypatch.setattr("automtl.pruning.base.removable_groups", untraceable)
+    monkeypatch.setattr("automtl.pruning.context.removable_groups", untraceable)
     ctx = PruneContext.create(model, problem, calibration_size=64)
     assert ctx.untraceable == "RuntimeError: unsupported operator aten::weird"
     with pytest.raises(UserError, match=r"cannot trace this model \(RuntimeError: unsupported operator aten::weird\).*"
                                         r"\['entropy'\] need its dependency graph.*unstructured ones \['global_magnitude', 'magnitude'"):
-        ctx.require(model, ["entropy", "magnitude"])
+        require(model, ctx, ["entropy", "magnitude"])
     with pytest.raises(UserError, match="strategy 'entropy' needs the model's dependency graph"):
         apply(model, [("entropy", 0.5)], ctx)
-    ctx.require(model, ["magnitude", "random"])
+    require(model, ctx, ["magnitude", "random"])
     assert apply(model, [("magnitude", 0.3), ("random", 0.2)], ctx).sparsity > 0
 
 
@@ -334,7 +334,7 @@ def test_a_model_without_prunable_layers_is_refused_by_name(zoo):
     model = Bilinear()
     ctx = PruneContext.create(model, problem, calibration_size=8)
     with pytest.raises(UserError, match="no Linear/Conv1d/Conv2d layer to prune.*Bilinear"):
-        ctx.require(model, ["magnitude"])
+        require(model, ctx, ["magnitude"])
 
 
 class GroupedConvNet(nn.Module):
@@ -468,7 +468,7 @@ def test_torchvisions_multihead_attention_is_left_whole_and_its_mlp_pruned(zoo):
     fit(model, problem, TrainConfig(epochs=1, lr=3e-3), seed=0)
     ctx = PruneContext.create(model, problem, calibration_size=128)
     assert {g.name for g in ctx.groups} == {"blocks.0.mlp.0", "blocks.1.mlp.0"} and ctx.refused
-    ctx.require(model, ["activation", "magnitude"])
+    require(model, ctx, ["activation", "magnitude"])
     apply(model, [("activation", 0.5), ("magnitude", 0.3)], ctx)
     shrunk, report = _shrunk(model, problem)
     assert report.removed_units > 0 and set(report.removed) <= {"blocks.0.mlp.0", "blocks.1.mlp.0"}
@@ -495,8 +495,8 @@ def test_a_shufflenet_torch_pruning_cannot_trace_refuses_structured_strategies_a
     ctx = PruneContext.create(model, problem, calibration_size=64)
     assert ctx.untraceable and not ctx.groups
     with pytest.raises(UserError, match=r"cannot trace this model.*channel shuffle.*unstructured ones \['global"):
-        ctx.require(model, ["activation", "magnitude"])
-    ctx.require(model, ["magnitude", "taylor"])
+        require(model, ctx, ["activation", "magnitude"])
+    require(model, ctx, ["magnitude", "taylor"])
     assert apply(model, [("magnitude", 0.5), ("taylor", 0.3)], ctx).sparsity > 0.3
     shrunk, report = _shrunk(model, problem)
     assert report.removed == {} and "cannot trace" in report.kept_whole["model"]

@@ -17,7 +17,8 @@ from automtl.config import load
 from automtl.errors import UserError
 from automtl.records import TrialRecord
 from automtl.rundir import RunDir
-from automtl.trial import AUTO_BATCH, Bench
+from automtl.devices import AUTO_BATCH
+from automtl.trial import Bench
 from tests.conftest import FIXTURES
 from tests.test_rungs import RUNGS, leader_then_dominated
 from tests.test_search import FAST, SMOKE, _completed

@@ -1,11 +1,12 @@
-"""The trial record and the objectives: the one reader/writer of what a study stores, old studies included."""
+"""The trial and study records and the objectives: the one reader/writer of what a study stores, old studies
+included."""
 
 import optuna
 import pytest
 from optuna.trial import create_trial
 
 from automtl.objectives import Objective, measured, of_study
-from automtl.records import TrialRecord, TrialResult
+from automtl.records import MlflowLink, StudyRecord, TrialRecord, TrialResult
 
 RESULT = TrialResult(
     values=[0.8, 0.9, 1.5], sparsity=0.8, compression_ratio=4.0, empty_units=3, nonzero_parameters=100,
@@ -47,3 +48,26 @@ def test_studies_without_stored_bounds_get_the_old_fixed_ones():
         study.set_user_attr(key, value)
     assert [(o.name, o.ideal, o.nadir, o.task) for o in of_study(study)] == [
         ("sparsity", 1.0, 0.0, None), ("accuracy.left", 1.0, 0.0, "left"), ("nonzero_parameters", 0.0, 800.0, None)]
+
+
+def test_a_study_record_reads_back_what_it_wrote_and_refuses_unknown_fields():
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    link = MlflowLink("sqlite:///m.db", "demo/run", "7", "abc")
+    StudyRecord.write(study, objectives=["sparsity", "accuracy.left"], tasks=["left"], study_uid="u1",
+                      dense_test_metrics={"left": 0.9}, focus={"left": 0.8}, mlflow=link, mlflow_active=True)
+    record = StudyRecord.of(study)
+    assert (record.objectives, record.tasks, record.study_uid) == (["sparsity", "accuracy.left"], ["left"], "u1")
+    assert record.mlflow == link and record.mlflow_active and record.focus == {"left": 0.8}
+    assert record.dense_reference == {"source": "trained"} and record.fidelity is None
+    assert study.user_attrs["mlflow_parent_run_id"] == "abc", "the keys older automtl versions read"
+    with pytest.raises(KeyError, match="no field"):
+        StudyRecord.write(study, flops=1)
+
+
+def test_studies_of_older_run_directories_still_read():
+    old = {"objectives": ["sparsity", "accuracy.left"], "tasks": ["left"], "dense_test_accuracy": {"left": 0.9},
+           "dense_val_accuracy": {"left": 0.91}, "mlflow_uri": "sqlite:///m.db"}
+    record = StudyRecord.from_attrs(old)
+    assert record.dense_test_metrics == {"left": 0.9} and record.dense_val_metrics == {"left": 0.91}
+    assert record.mlflow is None, "a partial MLflow link (an interrupted set-up) is no link"
+    assert record.focus is None and record.objective_specs is None

@@ -11,7 +11,8 @@ from automtl.pruning.gradual import GradualMasks, cubic_share
 from automtl.rundir import RunDir
 import numpy as np
 
-from automtl.rungs import contributions, goes_on, ranking
+from automtl.promotion import contributions, ranking
+from automtl.rungs import goes_on
 from automtl.train import TrainConfig, batches_per_epoch, fit
 from tests.test_pruning import fresh, masks
 from tests.test_search import FAST, SMOKE, cli, kill_mid_search

@@ -9,7 +9,10 @@ from optuna.trial import TrialState
 
 from automtl.config import load
 from automtl.space import TrialPlan
-from automtl.trial import AUTO_BATCH, Bench, TrialFailed, TrialStopped, batch_size, run, run_batch
+from automtl.devices import AUTO_BATCH, batch_size
+from automtl.errors import TrialFailed
+from automtl.rungs import TrialStopped
+from automtl.trial import Bench, run, run_batch
 from tests.test_rungs import RUNGS, _finished, _study, leader_then_dominated
 from tests.test_search import FAST, SMOKE, cli, kill_mid_search
 

@@ -114,7 +114,8 @@ def test_mnist1d_pair_trains_well_above_chance(tmp_path):
 
 
 def test_a_cuda_trial_without_a_gpu_fails_with_a_clear_reason(monkeypatch):
-    from automtl.trial import TrialFailed, resolve_device
+    from automtl.devices import resolve_device
+    from automtl.errors import TrialFailed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")

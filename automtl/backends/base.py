@@ -1,19 +1,23 @@
-"""What every backend shares: samplers, the trial budget, recording plans and results, progress."""
+"""What every backend shares: the trial budget and its split, recording plans, telling a finished trial,
+the interrupted-trial bookkeeping, progress."""
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from automtl import focus, progress, space
+from automtl import focus, progress, retention, space, study_storage
+from automtl.config import SearchConfig
 from automtl.records import COMPUTE_SECONDS, STOPPED_AT, TrialRecord, TrialResult, failure_attrs
 from automtl.rundir import RunDir
+from automtl.rungs import TrialStopped
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +37,11 @@ def mark_interrupted(study: optuna.Study, keep: set[int] = frozenset()) -> int:
     """Mark every RUNNING trial (except numbers in ``keep``) failed as interrupted.
 
     Call only while holding the run-dir lock, when no other process runs those trials."""
-    storage = study._storage
     stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in keep]
     for t in stale:
         for key, value in failure_attrs(INTERRUPTED).items():
-            storage.set_trial_user_attr(t._trial_id, key, value)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study_storage.set_attr(study, t.number, key, value)
+        study_storage.fail(study, t.number)
     return len(stale)
 
 
@@ -55,21 +58,45 @@ def record_plan(trial: optuna.Trial, plan: space.TrialPlan, worker: Any) -> None
         trial.set_user_attr(key, value)
 
 
-def record_result(trial: optuna.Trial, result: TrialResult, study_attrs: Mapping[str, Any]) -> None:
-    """Store a finished trial's result on it, and its focus constraints (Optuna keeps the objective values
-    when told)."""
-    for key, value in result.to_attrs().items():
+def trials_to_ask(study: optuna.Study, config: SearchConfig, deadline: float | None, batch: int, slots: int) -> int:
+    """How many trials one of ``slots`` (workers, or Ray trial slots) asks for now, at most ``batch``: none
+    once the budget or the ``deadline`` is spent; near the end of the budget at most the slot's share of
+    what is left, so none idles while another runs a full batch."""
+    left = config.trials - budget_used(study)
+    if left <= 0 or (deadline is not None and time.time() >= deadline):
+        return 0
+    return min(batch, math.ceil(left / slots))
+
+
+def failure(exc: BaseException) -> str:
+    """How a trial's failure is recorded: the exception's type and message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialResult | TrialStopped | str,
+         keep_weights: str, worker: str | None = None) -> FrozenTrial:
+    """Record how ``trial`` ended and tell the study, alike from every backend: complete (then the weights of
+    the trials it dominates may go, :func:`automtl.retention.release_dominated`), stopped at a rung (told
+    PRUNED, with where and at what cost) or failed (``outcome`` is the reason; told FAIL). A complete or
+    stopped trial also gets its focus constraints (Optuna keeps the objective values when told)."""
+    if worker is not None:
+        trial.set_user_attr("worker", worker)
+    if isinstance(outcome, TrialStopped):
+        trial.set_user_attr(STOPPED_AT, outcome.epochs)
+        trial.set_user_attr(COMPUTE_SECONDS, outcome.seconds)
+        _constrain(trial, outcome.metrics, study.user_attrs)
+        return study.tell(trial, state=TrialState.PRUNED)
+    if isinstance(outcome, str):
+        record_failure(trial, outcome)
+        if outcome != INTERRUPTED:
+            log.warning("trial %d failed: %s", trial.number, outcome)
+        return study.tell(trial, state=TrialState.FAIL)
+    for key, value in outcome.to_attrs().items():
         trial.set_user_attr(key, value)
-    _constrain(trial, result.metrics, study_attrs)
-
-
-def record_stop(trial: optuna.Trial, epochs: int, metrics: Mapping[str, float], seconds: float,
-                study_attrs: Mapping[str, Any]) -> None:
-    """Store where a rung stopped the trial, what it cost, and its focus constraints there (tell Optuna
-    PRUNED afterwards)."""
-    trial.set_user_attr(STOPPED_AT, epochs)
-    trial.set_user_attr(COMPUTE_SECONDS, seconds)
-    _constrain(trial, metrics, study_attrs)
+    _constrain(trial, outcome.metrics, study.user_attrs)
+    finished = study.tell(trial, outcome.values)
+    retention.release_dominated(run, study, keep_weights)
+    return finished
 
 
 def _constrain(trial: optuna.Trial, metrics: Mapping[str, float], study_attrs: Mapping[str, Any]) -> None:
@@ -85,8 +112,10 @@ def record_failure(trial: optuna.Trial, reason: str) -> None:
 
 
 @contextmanager
-def reporting(run: RunDir, budget: int, on_progress: Callable[[progress.Snapshot], None] | None) -> Iterator[None]:
-    """While the block runs, call ``on_progress`` with a study snapshot every second (and once at the end)."""
+def reporting(run: RunDir, config: SearchConfig, on_progress: Callable[[progress.Snapshot], None] | None
+              ) -> Iterator[None]:
+    """While the block runs, call ``on_progress`` with a study snapshot every second (and once at the end),
+    its budget the config's ``trials`` and ``timeout``."""
     if on_progress is None:
         yield
         return
@@ -95,8 +124,8 @@ def reporting(run: RunDir, budget: int, on_progress: Callable[[progress.Snapshot
     def monitor():
         study = run.load_study()
         while not stop.wait(1.0):
-            on_progress(progress.take(study, budget, started))
-        on_progress(progress.take(study, budget, started))
+            on_progress(progress.take(study, config.trials, started, config.timeout))
+        on_progress(progress.take(study, config.trials, started, config.timeout))
 
     watcher = threading.Thread(target=monitor, daemon=True)
     watcher.start()

@@ -15,7 +15,6 @@ stops (:mod:`automtl.rungs`) is told as pruned and counts as one trial.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import signal
@@ -24,18 +23,17 @@ import time
 from typing import Callable
 
 import torch
-import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from automtl import interrupts, progress, retention, space, tracking
+from automtl import interrupts, progress, space, tracking
 from automtl import trial as trial_mod
 from automtl.samplers import make_sampler
-from automtl.backends.base import (INTERRUPTED, budget_used, mark_interrupted, record_failure,
-                                   record_plan, record_result, record_stop, recover, reporting)
+from automtl.backends.base import (INTERRUPTED, failure, mark_interrupted, record_plan, recover, reporting, tell,
+                                   trials_to_ask)
 from automtl.config import SearchConfig
+from automtl.devices import resolve_device
 from automtl.errors import is_disk_full
 from automtl.rundir import RunDir
-from automtl.rungs import RungGate
+from automtl.rungs import RungGate, TrialStopped
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +44,26 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
     config = run.load_config()
     bench = bench or trial_mod.Bench.prepare(config, run.path)
     study = run.load_study()
-    study.sampler = make_sampler(config, worker, salt=len(study.trials))
+    study.sampler = make_sampler(config.sampler, config.seed, worker, salt=len(study.trials))
     tracker = tracking.Tracker.attach(study)
     batch, ran = bench.trial_batch(), 0
     while True:
         interrupts.check()
         with run.asking():
-            left = config.trials - budget_used(study)
-            if left <= 0 or (deadline is not None and time.time() >= deadline):
+            size = trials_to_ask(study, config, deadline, batch, config.workers)
+            if size == 0:
                 return ran
-            # Near the end of the budget a worker takes at most its share of what is left, so none idles
-            # while another runs a full batch.
-            trials = [study.ask() for _ in range(min(batch, math.ceil(left / config.workers)))]
+            trials = [study.ask() for _ in range(size)]
         untold = dict(enumerate(trials))
 
-        def tell(index: int, outcome: trial_mod.Outcome) -> None:
-            finished = _tell(study, untold.pop(index), outcome)
-            if finished.state == TrialState.COMPLETE:
-                retention.release_dominated(run, study, config.keep_weights)
+        def told(index: int, outcome: trial_mod.Outcome) -> None:
+            trial = untold.pop(index)
+            if isinstance(outcome, Exception) and not isinstance(outcome, TrialStopped):
+                if is_disk_full(outcome):  # not the plan's fault: re-spent on --resume, and the search stops
+                    tell(run, study, trial, INTERRUPTED, config.keep_weights)
+                    raise outcome
+                outcome = failure(outcome)
+            finished = tell(run, study, trial, outcome, config.keep_weights)
             if tracker:
                 tracker.log_trial(finished)
 
@@ -73,36 +73,16 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
                 plan = space.suggest(trial, config, bench.task_names)
                 record_plan(trial, plan, worker)
             except Exception as exc:  # noqa: BLE001 - recorded as the trial's failure
-                tell(index, exc)
+                told(index, exc)
                 continue
             jobs.append((index, plan, trial.number, RungGate.of(study, trial.number, config, bench.problem)))
         try:
-            trial_mod.run_batch([job[1:] for job in jobs], bench, lambda i, outcome: tell(jobs[i][0], outcome))
+            trial_mod.run_batch([job[1:] for job in jobs], bench, lambda i, outcome: told(jobs[i][0], outcome))
         except BaseException:
-            for trial in untold.values():  # re-spent on --resume
-                record_failure(trial, INTERRUPTED)
-                study.tell(trial, state=TrialState.FAIL)
+            for trial in list(untold.values()):  # re-spent on --resume
+                tell(run, study, trial, INTERRUPTED, config.keep_weights)
             raise
         ran += len(trials)
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, outcome: trial_mod.Outcome) -> FrozenTrial:
-    """Record how ``trial`` ended and tell the study; a full disk is re-raised (the trial is re-spent on
-    ``--resume``: not the plan's fault, and the search must stop)."""
-    if isinstance(outcome, trial_mod.TrialStopped):
-        record_stop(trial, outcome.epochs, outcome.metrics, outcome.seconds, study.user_attrs)
-        return study.tell(trial, state=TrialState.PRUNED)
-    if isinstance(outcome, Exception):
-        if is_disk_full(outcome):
-            record_failure(trial, INTERRUPTED)
-            study.tell(trial, state=TrialState.FAIL)
-            raise outcome
-        reason = f"{type(outcome).__name__}: {outcome}"
-        record_failure(trial, reason)
-        log.warning("trial %d failed: %s", trial.number, reason)
-        return study.tell(trial, state=TrialState.FAIL)
-    record_result(trial, outcome, study.user_attrs)
-    return study.tell(trial, outcome.values)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -158,7 +138,7 @@ def trial_threads(config: SearchConfig) -> int:
 
 
 def _forks(config: SearchConfig) -> bool:
-    on_cuda = trial_mod.resolve_device(config.backend.device).type == "cuda"
+    on_cuda = resolve_device(config.backend.device).type == "cuda"
     return "fork" in multiprocessing.get_all_start_methods() and not on_cuda
 
 
@@ -186,7 +166,7 @@ def run(
         # storage) inherits SQLite's locks in the state that thread left them, and the storage stalls.
         for child in children:
             child.start()
-        with reporting(run_dir, config.trials, on_progress):
+        with reporting(run_dir, config, on_progress):
             work(run_dir, 0, deadline, bench)
             for child in children:
                 while child.is_alive():  # a stop requested while waiting is passed on to the children

@@ -52,16 +52,16 @@ from ray import tune  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from automtl import interrupts, objectives, progress, retention, space, tracking
+from automtl import interrupts, objectives, progress, space, study_storage, tracking
 from automtl import trial as trial_mod
 from automtl.samplers import make_sampler
-from automtl.backends.base import (budget_used, mark_interrupted, record_failure, record_plan,
-                                   record_result, record_stop, recover, reporting)
+from automtl.backends.base import failure, mark_interrupted, record_plan, recover, reporting, tell, trials_to_ask
 from automtl.config import SearchConfig
-from automtl.records import TrialRecord, TrialResult
-from automtl.errors import UserError
+from automtl.devices import batch_size
+from automtl.records import StudyRecord, TrialRecord, TrialResult
+from automtl.errors import TrialFailed, UserError
 from automtl.rundir import RunDir
-from automtl.rungs import RungGate
+from automtl.rungs import RungGate, TrialStopped
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,17 @@ class StudySearcher(OptunaSearch):
         self._run = RunDir(run_path)
         self._config = self._run.load_config()
         study = self._run.load_study()
-        attrs = study.user_attrs
+        record = StudyRecord.of(study)
         url, name = self._run.location()
         super().__init__(
-            space=lambda trial: _define(trial, self._config, attrs["tasks"]),
-            metric=list(attrs["objectives"]),
-            mode=[MODES[d] for d in attrs["directions"]],
-            sampler=make_sampler(self._config, 0, salt=len(study.trials)),
+            space=lambda trial: _define(trial, self._config, record.tasks),
+            metric=list(record.objectives),
+            mode=[MODES[d] for d in record.directions],
+            sampler=make_sampler(self._config.sampler, self._config.seed, 0, salt=len(study.trials)),
             study_name=name,
             storage=self._run.storage(url),
         )
-        self._tasks = attrs["tasks"]
+        self._tasks = record.tasks
         self._members: dict[str, list[optuna.Trial]] = {}
         self._deadline: float | None = None
         self._batch: int | None = None
@@ -117,19 +117,17 @@ class StudySearcher(OptunaSearch):
         size is the one the study recorded when it was created."""
         if self._batch is None:
             config = self._config
-            self._batch = trial_mod.batch_size(config, config.backend.gpus_per_trial > 0,
-                                               lambda: self._ot_study.user_attrs["total_parameters"])
+            self._batch = batch_size(config, config.backend.gpus_per_trial > 0,
+                                     lambda: StudyRecord.of(self._ot_study).total_parameters)
         return self._batch
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self._deadline is None:  # the clock starts when Tune first asks, also after a restore
             self._deadline = time.time() + self._config.timeout if self._config.timeout else math.inf
         if trial_id not in self._members:
-            left = self._config.trials - budget_used(self._ot_study)
-            if left <= 0 or time.time() >= self._deadline:
+            size = trials_to_ask(self._ot_study, self._config, self._deadline, self._batch_size(), _slots(self._config))
+            if size == 0:
                 return Searcher.FINISHED
-            # Near the end of the budget a batch takes at most its slot's share of what is left.
-            size = min(self._batch_size(), math.ceil(left / _slots(self._config)))
             self._members[trial_id] = [self._ot_study.ask() for _ in range(size)]
         return {BATCH: [_define(t, self._config, self._tasks) for t in self._members[trial_id]]}
 
@@ -145,32 +143,24 @@ class StudySearcher(OptunaSearch):
             self._tell(trial_id, result)
         died = f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})"
         for member in self._members[trial_id]:
-            if not _finished(self._ot_study, member.number):
-                record_failure(member, died)
-                log.warning("trial %d failed: %s", member.number, died)
-                self._ot_study.tell(member, state=TrialState.FAIL)
+            if not study_storage.is_finished(self._ot_study, member.number):
+                tell(self._run, self._ot_study, member, died, self._config.keep_weights)
 
     def _tell(self, trial_id: str, result: dict) -> None:
         """Tell the member a worker reported on (once: a restored batch reports it again)."""
         member = next((t for t in self._members[trial_id] if t.number == result[MEMBER]), None)
-        if member is None or _finished(self._ot_study, member.number):
+        if member is None or study_storage.is_finished(self._ot_study, member.number):
             return
         if result.get(RESULT):
             payload = json.loads(result[RESULT])
-            record_result(member, TrialResult.from_attrs(payload["values"], payload["attrs"]),
-                          self._ot_study.user_attrs)
-            member.set_user_attr("worker", payload["worker"])
-            self._ot_study.tell(member, payload["values"])
-            retention.release_dominated(self._run, self._ot_study, self._config.keep_weights)
+            outcome, worker = TrialResult.from_attrs(payload["values"], payload["attrs"]), payload["worker"]
         elif result.get(STOPPED):
-            stop = json.loads(result[STOPPED])
-            record_stop(member, stop["epochs"], stop["metrics"], stop["seconds"], self._ot_study.user_attrs)
-            member.set_user_attr("worker", stop["worker"])
-            self._ot_study.tell(member, state=TrialState.PRUNED)
+            payload = json.loads(result[STOPPED])
+            outcome = TrialStopped(payload["epochs"], [], payload["metrics"], payload["seconds"])
+            worker = payload["worker"]
         else:
-            record_failure(member, result[FAILED])
-            log.warning("trial %d failed: %s", member.number, result[FAILED])
-            self._ot_study.tell(member, state=TrialState.FAIL)
+            outcome, worker = result[FAILED], None
+        tell(self._run, self._ot_study, member, outcome, self._config.keep_weights, worker)
 
     def save(self, checkpoint_path: str) -> None:
         members = {tid: [t.number for t in trials] for tid, trials in self._members.items()}
@@ -181,13 +171,10 @@ class StudySearcher(OptunaSearch):
         """Rebind Tune's trials to their members' Optuna trials; mark the study's other running trials
         interrupted."""
         state = json.loads(Path(checkpoint_path).read_text())
-        study, storage = self._ot_study, self._ot_study._storage
+        study = self._ot_study
         self._completed_trials = set(state["completed"])
-        self._members = {
-            tid: [optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study._study_id, n))
-                  for n in numbers]
-            for tid, numbers in state["members"].items()
-        }
+        self._members = {tid: [study_storage.trial(study, n) for n in numbers]
+                         for tid, numbers in state["members"].items()}
         live = {t.number for tid, trials in self._members.items() if tid not in self._completed_trials
                 for t in trials}
         stale = mark_interrupted(study, keep=live)
@@ -197,7 +184,7 @@ class StudySearcher(OptunaSearch):
 
 @functools.lru_cache(maxsize=4)
 def _cached_tracker(identity: str) -> tracking.Tracker | None:
-    return tracking.Tracker.from_attrs(json.loads(identity))
+    return tracking.Tracker.from_description(json.loads(identity))
 
 
 def _tracker(attrs: Mapping[str, Any] | None) -> tracking.Tracker | None:
@@ -230,31 +217,25 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
             _report((plan, number, None), unfit, bench, tracking_attrs, worker, started)
         return
     study = _study(str(bench.run_dir))
-    jobs = [(plan, number, _gate(bench, number)) for plan, number in members if not _finished(study, number)]
+    jobs = [(plan, number, _gate(bench, number)) for plan, number in members
+            if not study_storage.is_finished(study, number)]
     trial_mod.run_batch(jobs, bench, lambda index, outcome: _report(
         jobs[index], outcome, bench, tracking_attrs, worker, started))
 
 
-def _unfit_worker(bench: trial_mod.Bench, gpus: list) -> trial_mod.TrialFailed | None:
+def _unfit_worker(bench: trial_mod.Bench, gpus: list) -> TrialFailed | None:
     """Why this worker cannot run the batch: the run directory is not visible here, or Ray gave it a GPU that
     torch cannot see (with ``backend.device: auto`` its trials would silently compute on the CPU)."""
     if not bench.run_dir.is_dir():
-        return trial_mod.TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
+        return TrialFailed(f"the run directory {bench.run_dir} is not visible on {socket.gethostname()}; "
                                      "put it on storage every node mounts (docs/cluster.md)")
     if gpus and bench.config.backend.device != "cpu" and not torch.cuda.is_available():
-        return trial_mod.TrialFailed(
+        return TrialFailed(
             f"Ray gave this trial GPU {','.join(map(str, gpus))} (CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}) but torch on {socket.gethostname()} sees no GPU "
             f"(torch {torch.__version__}, a CPU build or no driver); install a CUDA build of torch there, "
             "or search with --gpus-per-trial 0, or set backend.device: cpu to compute on the CPU anyway")
     return None
-
-
-def _finished(study: optuna.Study, number: int) -> bool:
-    """Whether the study already has trial ``number``'s outcome."""
-    storage = study._storage
-    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-                             ).state.is_finished()
 
 
 def _report(job: tuple[space.TrialPlan, int, RungGate | None], outcome: trial_mod.Outcome, bench: trial_mod.Bench,
@@ -264,12 +245,12 @@ def _report(job: tuple[space.TrialPlan, int, RungGate | None], outcome: trial_mo
     plan, number, gate = job
     metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)} | {MEMBER: number}
     record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
-    if isinstance(outcome, trial_mod.TrialStopped):
+    if isinstance(outcome, TrialStopped):
         record = replace(record, state="pruned", stopped_at=outcome.epochs, stopped_seconds=outcome.seconds)
         tune.report(metrics | {STOPPED: json.dumps({"epochs": outcome.epochs, "metrics": outcome.metrics,
                                                     "seconds": outcome.seconds, "worker": worker})})
     elif isinstance(outcome, Exception):  # recorded on the trial, the search goes on
-        record = replace(record, state="fail", fail_reason=f"{type(outcome).__name__}: {outcome}")
+        record = replace(record, state="fail", fail_reason=failure(outcome))
         tune.report(metrics | {FAILED: record.fail_reason})
     else:
         record = replace(record, state="complete", values=tuple(outcome.values), result=outcome)
@@ -419,12 +400,11 @@ def run(
     run_dir = RunDir(run_dir.path.resolve())  # workers do not share our working directory
     bench = replace(bench, run_dir=run_dir.path)
     study = run_dir.load_study()
-    attrs = study.user_attrs
-    tracking_attrs = tracking.Tracker.attrs(attrs)
+    tracking_attrs = tracking.Tracker.description(study.user_attrs)
     started = _connect(config)
     try:
         _check_resources(config)
-        _warn_unreachable_tracking(tracking_attrs and tracking_attrs["mlflow_uri"])
+        _warn_unreachable_tracking(tracking_attrs and tracking_attrs["uri"])
         resources = {"cpu": config.backend.cpus_per_trial, "gpu": config.backend.gpus_per_trial}
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, bench=bench, tracking_attrs=tracking_attrs), resources)
@@ -433,7 +413,7 @@ def run(
         # With a searcher Tune keeps one trial pending; a reused actor then takes it before a second actor is up,
         # and trials run one at a time. Let it keep one pending trial per slot.
         try:
-            with _environ(PENDING, str(_slots(config))), reporting(run_dir, config.trials, on_progress):
+            with _environ(PENDING, str(_slots(config))), reporting(run_dir, config, on_progress):
                 _tuner(run_dir, config, trainable).fit()
         finally:
             tune_log.setLevel(level)

@@ -48,12 +48,13 @@ class Written:
     runs: dict[str, Callable[[], object]] = field(default_factory=dict)  # name -> one forward to time
 
 
-WRITERS = {
+WRITERS = {  # a format's name is its module's (automtl/formats/<name>.py) and its card entry's (files.<name>)
     "onnx": "automtl.formats.onnx",
-    "torchscript": "automtl.formats.torch_export",
-    "safetensors": "automtl.formats.dense_weights",
+    "torch_export": "automtl.formats.torch_export",
+    "safetensors": "automtl.formats.safetensors",
     "sparse": "automtl.formats.sparse",
 }
+RENAMED = {"torchscript": "torch_export"}  # names formats had before, still accepted
 QUANTIZE = ("int8",)  # dynamic quantisation of the ONNX model
 
 

@@ -72,7 +72,7 @@ def check(model: nn.Module, problem: Problem, path: Path, tolerance: float = ONN
                           dynamo=False)
     except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
         raise UserError(f"ONNX cannot express this model ({str(exc).splitlines()[0][:200]}); export it without "
-                        "ONNX: --format torchscript,safetensors") from None
+                        "ONNX: --format torch_export,safetensors") from None
     with torch.no_grad():
         expected = [o.numpy() for o in wrapped(sample)]
     got = session(path).run(problem.task_names, {"input": sample.numpy()})

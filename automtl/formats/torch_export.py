@@ -1,4 +1,7 @@
-"""``torchscript``: a ``torch.export`` program with a dynamic batch dimension (``model.pt2``)."""
+"""``torch_export``: a ``torch.export`` program with a dynamic batch dimension (``model.pt2``).
+
+Named ``torchscript`` before (still accepted): it was never TorchScript.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
-"""Model pruning: composable strategies behind one protocol, and the pipeline that orders them.
+"""Model pruning: composable strategies behind one protocol, and the mechanics they share.
 
-Every module of this package is imported here, so a strategy module registers itself
-(``@register`` in :mod:`automtl.pruning.base`) just by being added.
+``strategies/`` holds the criteria, one module each (they register themselves);
+the other modules are the mechanics: the protocol and registry (``registry``),
+what a strategy sees (``context``), scoring helpers (``scoring``), weight masks
+(``layers``), unit groups (``groups``), the activation probe (``probe``), the
+ordered pipeline (``pipeline``), gradual masks (``gradual``) and physical
+removal (``shrink``).
 
 Example:
     >>> from automtl.pruning import PruneContext, apply
@@ -13,23 +17,19 @@ Example:
 """
 
 import importlib
-import pkgutil
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+from automtl.pruning import strategies  # noqa: F401 - registers every strategy
+from automtl.pruning.registry import STRATEGIES, Strategy, ThresholdSpec, get_strategy
 
-from automtl.pruning.base import STRATEGIES, PruneContext, Strategy, ThresholdSpec, get_strategy
-from automtl.pruning.layers import make_permanent
-from automtl.pruning.pipeline import PipelineReport, apply, measure
+# The mechanics trace models with Torch-Pruning: they load on first use, so the registry (which the config's
+# schema reads) comes without them and reading a run directory never imports Torch-Pruning.
+_MECHANICS = {"PruneContext": "context", "make_permanent": "layers", "PipelineReport": "pipeline", "apply": "pipeline",
+              "describe": "pipeline", "require": "pipeline"}
 
-__all__ = [
-    "STRATEGIES",
-    "PipelineReport",
-    "PruneContext",
-    "Strategy",
-    "ThresholdSpec",
-    "apply",
-    "get_strategy",
-    "make_permanent",
-    "measure",
-]
+__all__ = ["STRATEGIES", "Strategy", "ThresholdSpec", "get_strategy", *_MECHANICS]
+
+
+def __getattr__(name: str):
+    if name in _MECHANICS:
+        return getattr(importlib.import_module(f"{__name__}.{_MECHANICS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

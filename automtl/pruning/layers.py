@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+HEADS = ("exclude", "include")  # whether output layers' weights are candidates (their units never are)
+
 @dataclass
 class Layer:
     """A prunable module, its qualified name, and whether it is an output layer."""

@@ -30,10 +30,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from automtl.pruning.base import PruneContext, get_strategy
+from automtl.errors import UserError
+from automtl.pruning.registry import STRATEGIES, get_strategy
+from automtl.pruning.context import PruneContext
 from automtl.pruning.groups import drop_unheard
 from automtl.pruning.shrink import CHECK_SAMPLES, compare, outputs
-from automtl.pruning.layers import Layer, effective
+from automtl.pruning.layers import PRUNABLE, Layer, effective
 from automtl.train import recalibrate_batchnorm
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ def _layer_stats(layer: Layer) -> LayerStats:
     return LayerStats(parameters=sum(p.numel() for p in params), zeros=sum(int(p.eq(0).sum()) for p in params))
 
 
-def measure(model: nn.Module, ctx: PruneContext) -> PipelineReport:
+def describe(model: nn.Module, ctx: PruneContext) -> PipelineReport:
     """Sparsity, compression ratio and empty units of ``model`` as it is now."""
     in_scope = {layer.name for layer in ctx.weight_layers}
     total = nonzero = 0
@@ -126,6 +128,27 @@ def measure(model: nn.Module, ctx: PruneContext) -> PipelineReport:
     )
 
 
+def require(model: nn.Module, ctx: PruneContext, strategies: list[str]) -> None:
+    """Refuse (UserError) a model the named strategies cannot prune; warn about layers they must skip."""
+    if not ctx.weight_layers:
+        kinds = sorted({type(m).__name__ for m in model.modules()})
+        raise UserError(f"the model has no {'/'.join(t.__name__ for t in PRUNABLE)} layer to prune "
+                        f"(besides output layers); its modules are {kinds}")
+    structured = [name for name in strategies if get_strategy(name).structured]
+    unstructured = sorted(name for name, s in STRATEGIES.items() if not s.structured)
+    if structured and ctx.untraceable:
+        raise UserError(f"Torch-Pruning cannot trace this model ({ctx.untraceable}); the structured strategies "
+                        f"{structured} need its dependency graph (a reshape of the channels it cannot follow, "
+                        f"such as a channel shuffle, breaks it). Remove them from pruning.strategies; the "
+                        f"unstructured ones {unstructured} work on any model")
+    if structured and not ctx.groups:
+        reasons = "; ".join(f"{root}: {why}" for root, why in ctx.refused.items()) or "no hidden layer"
+        raise UserError(f"the structured strategies {structured} find no removable unit in this model "
+                        f"({reasons}); use the unstructured ones {unstructured}")
+    for root, why in ctx.refused.items() if structured else ():
+        log.warning("structured strategies leave the units of %s alone: %s", root, why)
+
+
 def apply(model: nn.Module, steps: Sequence[tuple[str, float]], ctx: PruneContext) -> PipelineReport:
     """Apply ``(strategy, threshold)`` steps in order; masks compose. Validates all steps first."""
     resolved = [(get_strategy(name), get_strategy(name).threshold.validate(name, value)) for name, value in steps]
@@ -133,10 +156,10 @@ def apply(model: nn.Module, steps: Sequence[tuple[str, float]], ctx: PruneContex
     for strategy, value in resolved:
         removed = strategy(model, ctx, value)
         recalibrate_batchnorm(model, ctx.calibration, ctx.batch_size)
-        reports.append(StepReport(strategy.name, value, removed, measure(model, ctx).sparsity))
+        reports.append(StepReport(strategy.name, value, removed, describe(model, ctx).sparsity))
     if resolved and _drop_unheard_exactly(model, ctx):
         recalibrate_batchnorm(model, ctx.calibration, ctx.batch_size)
-    final = measure(model, ctx)
+    final = describe(model, ctx)
     final.steps = reports
     return final
 

@@ -37,7 +37,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from automtl.models import in_mode, task_outputs
-from automtl.pruning.activations import unit_activations
+from automtl.pruning.probe import unit_activations
 from automtl.pruning.groups import GroupDiscovery, UnitGroup, find_groups, keep_masks
 from automtl.pruning.layers import discover, make_permanent
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from automtl.models import in_mode, task_outputs
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, normalise, register
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+from automtl.pruning.scoring import lowest_fraction, normalise
 from automtl.pruning.layers import effective, present, remove_weights, trainable
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 
 @register

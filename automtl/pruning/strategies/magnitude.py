@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, normalise, register
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+from automtl.pruning.scoring import normalise
 from automtl.pruning.layers import effective, remove_weights
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 
 @register

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import warnings
 
 import numpy as np
@@ -9,8 +11,11 @@ import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
-from automtl.pruning.activations import unit_activations
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
+from automtl.pruning.probe import unit_activations
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 
 CLUSTERS = 8  # the same k on every layer, so an even split gives each cluster a share of 1/8

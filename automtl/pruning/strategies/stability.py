@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from automtl.models import in_mode, task_outputs
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, normalise, register
-from automtl.pruning.groups import UnitGroup
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+from automtl.pruning.scoring import lowest_fraction, normalise
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
+    from automtl.pruning.groups import UnitGroup
 
 NOISE = 0.1  # perturbation std, as a fraction of the calibration inputs' std
 SAMPLES = 256

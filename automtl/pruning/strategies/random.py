@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, lowest_fraction, register
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+from automtl.pruning.scoring import lowest_fraction
 from automtl.pruning.layers import present, remove_weights
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 
 @register

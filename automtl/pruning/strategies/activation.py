@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from automtl.pruning.activations import best_site, unit_activations
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, normalise, register
+from automtl.pruning.probe import best_site, unit_activations
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+from automtl.pruning.scoring import normalise
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 
 @register

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
 from torch import Tensor, nn
 
-from automtl.pruning.activations import best_site, unit_activations
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
+from automtl.pruning.probe import best_site, unit_activations
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 BINS = 16
 

@@ -15,13 +15,15 @@ the documented rule for combining coupled layers' scores.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
-from automtl.pruning.groups import Member, UnitGroup
 from automtl.models import in_mode
+
+if TYPE_CHECKING:
+    from automtl.pruning.groups import Member, UnitGroup
 
 
 def _per_unit(values: Tensor, member: Member, units: int) -> Tensor:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
 from torch import nn
 
 from automtl.models import in_mode
-from automtl.pruning.base import PruneContext, Strategy, ThresholdSpec, register
+from automtl.pruning.registry import Strategy, ThresholdSpec, register
 from automtl.pruning.layers import effective, present, remove_weights, trainable
 from automtl.train import task_losses
+
+if TYPE_CHECKING:
+    from automtl.pruning.context import PruneContext
 
 EPOCHS = 2  # passes over the calibration set
 LR = 0.05  # SGD step size

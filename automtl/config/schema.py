@@ -1,23 +1,17 @@
-"""The search-space file: a pydantic schema with errors that name field, value and what is allowed.
+"""The search-space schema: pydantic models whose errors name field, value and what is allowed.
 
-A file is YAML (see ``search_spaces/``). ``--set key.sub=value`` overrides any
-field before validation. Validation happens in two stages, both before
-anything is written: :func:`load` checks the file itself; :meth:`SearchConfig.check`
-checks it against the problem it names (tasks exist).
+Validation happens in two stages, both before anything is written: the schema
+checks the file itself (:func:`automtl.config.load`); :meth:`SearchConfig.check`
+checks it against the problem it names (tasks exist). The allowed values of
+every registry-backed field come from the registries themselves.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import re
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
                       model_validator)
 
@@ -26,32 +20,14 @@ from automtl.errors import UserError
 from automtl.models import ARCHITECTURES, ModelSpec
 from automtl.problems import Problem, get_problem
 from automtl.pruning import STRATEGIES
-from automtl.pruning.base import AGGREGATES, HEADS
-from automtl.rungs import PROMOTIONS
+from automtl.pruning.layers import HEADS
+from automtl.pruning.scoring import AGGREGATES
+from automtl.promotion import PROMOTIONS
 from automtl.samplers import SAMPLERS
 from automtl.optimizers import OPTIMIZERS, OptimizerSettings
 from automtl.schedules import SCHEDULES, WARMS_UP_ITSELF
 from automtl.train import TrainConfig
 from automtl.weighting import WEIGHTINGS, options_of
-
-class Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false; so ``off: 2`` and ``on``/``yes``/``no`` stay strings."""
-
-
-Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _first in "tTfF":
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list(_first)
-    )
-
-
-def read_yaml(text: str):
-    """Parse YAML with the 1.2 boolean rule above."""
-    return yaml.load(text, Loader=Loader)
-
 
 LOSS_METHODS = ("simplex", "fixed", *sorted(set(WEIGHTINGS) - {"static"}))
 # "metrics": every task's metric (accuracy, mse, ...); "accuracy" is its older name.
@@ -256,7 +232,7 @@ class RungsConfig(Strict):
 
     min_epochs: PositiveInt = 1
     reduction: int = Field(3, ge=2)
-    promote: Literal[tuple(PROMOTIONS)] = "rank"  # who goes on (automtl.rungs): rank, or hypervolume share
+    promote: Literal[tuple(PROMOTIONS)] = "rank"  # who goes on (automtl.promotion): rank, or hypervolume share
 
     def milestones(self, epochs: int) -> list[int]:
         """The epochs at which a trial of an ``epochs``-epoch fine-tune is judged, the last being ``epochs``."""
@@ -468,7 +444,7 @@ class SearchConfig(Strict):
     workers: PositiveInt = 1
     threads: PositiveInt | None = None
     # Trials a local worker, or one Ray trial slot, fine-tunes together in one vectorised pass
-    # (automtl.stacked); auto: 1 on the CPU, several on CUDA (trial.batch_size). 1 = one at a time.
+    # (automtl.stacked); auto: 1 on the CPU, several on CUDA (devices.batch_size). 1 = one at a time.
     trial_batch: PositiveInt | Literal["auto"] = "auto"
     # Whose pruned weights stay on disk (automtl.retention): front = the trials that may still be picked for
     # export (a trial's file goes once another dominates it); all = every completed trial's.
@@ -595,84 +571,3 @@ class SearchConfig(Strict):
         dense weights are compared by their digest, wherever the file now lies)."""
         excluded = {name: True for name in (*RESUMABLE, "enqueue", "seed_front")} | {"dense": {"weights"}}
         return self.model_dump(mode="json", exclude=excluded)
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        if not isinstance(node.setdefault(key, {}), dict):
-            raise UserError(f"--set {dotted}: {key!r} is not a section")
-        node = node[key]
-    node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key.sub=value`` with the value read as YAML (numbers, lists, null, …)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set expects KEY=VALUE (e.g. fine_tune.epochs=2), got {text!r}")
-    try:
-        return key.strip(), read_yaml(value)
-    except yaml.YAMLError as exc:
-        raise UserError(f"--set {key}: value {value!r} is not valid YAML ({exc})") from None
-
-
-def describe(exc: pydantic.ValidationError) -> str:
-    """One line per problem: the field path, what is wrong, the value given."""
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"] if "[" not in str(p) and not str(p).startswith("function-"))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "is not a known field"
-        lines.append(f"{field or '(top level)'}: {msg} (got {err.get('input')!r})")
-    return "invalid search space:\n  " + "\n  ".join(dict.fromkeys(lines))
-
-
-def validate(raw: Any) -> SearchConfig:
-    if not isinstance(raw, dict):
-        raise UserError(f"a search space must be a YAML mapping, got {type(raw).__name__}")
-    try:
-        return SearchConfig.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise UserError(describe(exc)) from None
-
-
-def load(path: str | Path, overrides: list[str] = ()) -> SearchConfig:
-    """Read, override and validate a search-space file."""
-    path = Path(path)
-    try:
-        raw = read_yaml(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"search space {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read search space {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"search space {path} is not valid YAML: {exc}") from None
-    return _from_raw({} if raw is None else raw, overrides, path.stem, path.parent)
-
-
-def coerce(source: SearchConfig | Mapping[str, Any] | str | Path, overrides: list[str] = ()) -> SearchConfig:
-    """A validated config from a :class:`SearchConfig`, a mapping shaped like a search-space file (name
-    defaults to ``search``, ``pythonpath`` relative to the working directory) or a file's path."""
-    if isinstance(source, SearchConfig):
-        return _from_raw(source.model_dump(mode="json"), overrides, source.name, Path.cwd()) if overrides else source
-    if isinstance(source, Mapping):
-        return _from_raw(copy.deepcopy(dict(source)), overrides, "search", Path.cwd())
-    if isinstance(source, (str, Path)):
-        return load(source, overrides)
-    raise UserError(f"a search config is a SearchConfig, a mapping or a search-space path, got {type(source).__name__}")
-
-
-def _from_raw(raw: Any, overrides: list[str], name: str, base: Path) -> SearchConfig:
-    if isinstance(raw, dict):
-        raw.setdefault("name", name)
-        for text in overrides:
-            _set(raw, *parse_override(text))
-        problem, dense = raw.get("problem"), raw.get("dense")
-        if isinstance(problem, dict) and isinstance(problem.get("pythonpath"), list):
-            problem["pythonpath"] = [str((base / str(p)).resolve()) for p in problem["pythonpath"]]
-        if isinstance(dense, dict) and isinstance(dense.get("weights"), str):
-            dense["weights"] = str((base / Path(dense["weights"]).expanduser()).resolve())
-    return validate(raw)
