@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -44,8 +45,8 @@ from _report import publish
 from automtl import api, pareto, trial
 from automtl.config import load, read_yaml
 from automtl.measure import flops
-from automtl.objectives import dense_metrics, of_study
-from automtl.records import TrialRecord, records
+from automtl.objectives import of_study
+from automtl.records import StudyRecord, TrialRecord, records
 from automtl.rundir import RunDir
 from automtl.space import TrialPlan
 
@@ -375,17 +376,22 @@ def baseline_part(root: Path, args: argparse.Namespace) -> None:
     """automtl vs the hand-written baseline at equal wall-clock on each problem of the suite (a section per
     problem, ``search-baseline-<problem>``, written as it finishes), then the suite's summary
     (``search-baseline``); on the problems named by ``--levers``, also the default with each lever switched."""
-    started, summary = time.perf_counter(), []
-    for name in args.problems.split(","):
-        summary.append(_baseline_problem(root, args, name, with_levers=name in args.levers.split(",")))
+    started = time.perf_counter()
+    summary = [_baseline_problem(root, args, name, with_levers=name in args.levers.split(","))
+               for name in args.problems.split(",")]
+    publish_suite(summary, args, started)
+
+
+def publish_suite(summary: list[str], args: argparse.Namespace, started: float) -> None:
+    """Write the suite's summary (``search-baseline``) from each problem's row."""
     lines = [
         "## automtl vs the hand-written baseline: the suite (`benchmarks/search.py --parts baseline`)", "",
         "The default search (`search_spaces/multidigits.yaml`) run unchanged on each problem (only the problem and "
         "its model differ) against `benchmarks/baseline.py` given the same wall-clock, in two variants: the "
-        "baseline fine-tuning as long as automtl's full fine-tune, and a third as long. Means over seeds, test "
+        "baseline fine-tuning as long as automtl's full fine-tune (E), and a third as long. Means over seeds, test "
         "metrics; the ratio and the differences are against the better variant (by HV@0.8). Targets: HV@0.8 "
         "ratio ≥ 1.5x, dense − 1 pt ≥ +5 pts, ahead at every floor on every seed.", "",
-        "| problem | full fine-tune | HV@0.8 ratio | dense − 1 pt (automtl / baseline) | floors ahead | targets met |",
+        "| problem | E by seed (epochs) | HV@0.8 ratio | dense − 1 pt (automtl / baseline) | floors ahead | targets met |",
         "|---|---:|---:|---:|---:|---|",
         *summary,
     ]
@@ -393,8 +399,12 @@ def baseline_part(root: Path, args: argparse.Namespace) -> None:
             f"--seeds {args.seeds}", started)
 
 
+# The baseline's two fine-tune lengths: as long as automtl's full fine-tune (E epochs), and a third of it.
+LENGTHS = {"E": lambda full: full, "E/3": lambda full: max(1, full // 3)}
+
+
 def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_levers: bool) -> str:
-    """One problem of the suite: its section, and its summary row."""
+    """One problem of the suite, measured: its section, and its summary row."""
     started, overrides = time.perf_counter(), [*SUITE[name], *args.set]
     rows, levers = [], {}
     for seed in range(args.seeds):
@@ -402,11 +412,12 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
         study, wall = search(root, run, [*overrides, f"seed={seed}", "tracking.enabled=false"])
         config = RunDir(root / run).load_config()
         full = config.fine_tune.epochs
-        dense, directions = dense_metrics(study.user_attrs), _task_directions(study)
-        variants = {}
-        for epochs in dict.fromkeys((full, max(1, full // 3))):
+        dense, directions = StudyRecord.of(study).dense_test_metrics, _task_directions(study)
+        by_epochs = {}
+        for epochs in dict.fromkeys(length(full) for length in LENGTHS.values()):
             points = baseline.run(root / run, wall, seed, epochs)
-            variants[epochs] = (len(points), quality([(p.sparsity, p.test_metrics) for p in points], dense, directions))
+            by_epochs[epochs] = (len(points), quality([(p.sparsity, p.test_metrics) for p in points], dense, directions))
+        variants = {role: by_epochs[length(full)] for role, length in LENGTHS.items()}
         complete = len(pareto.completed(study))
         stopped = sum(t.state == TrialState.PRUNED for t in study.trials)
         rows.append((seed, wall, full, complete + stopped, complete, _front_quality(study, dense, directions), variants))
@@ -420,15 +431,21 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
                 *(o.format_map(fills) for o in switched)])
             levers.setdefault(lever, []).append(_front_quality(variant, dense, directions))
             print(name, seed, lever, levers[lever][-1], flush=True)
+    return publish_problem(name, rows, levers, args, started)
+
+
+def publish_problem(name: str, rows: list, levers: dict, args: argparse.Namespace, started: float) -> str:
+    """Write the section of one problem from its measured ``rows`` (seed, wall, E, trials, complete, automtl's
+    quality, {length: (baseline trials, quality)}) and ``levers``; return its row of the suite's summary."""
+    overrides = [*SUITE[name], *args.set]
     keys = list(rows[0][5])
     ours = {k: statistics.mean(r[5][k] for r in rows) for k in keys}
-    lengths = list(dict.fromkeys(e for r in rows for e in r[6]))
-    theirs = {e: {k: statistics.mean(r[6][e][1][k] for r in rows if e in r[6]) for k in keys} for e in lengths}
-    better = max(lengths, key=lambda e: theirs[e]["HV@0.8"])
+    theirs = {role: {k: statistics.mean(r[6][role][1][k] for r in rows) for k in keys} for role in LENGTHS}
+    better = max(LENGTHS, key=lambda role: theirs[role]["HV@0.8"])
     floors = [k for k in keys if not k.startswith("HV")]
-    ahead = sum(r[5][k] > r[6][better][1][k] for r in rows if better in r[6] for k in floors)
-    judged = sum(1 for r in rows if better in r[6]) * len(floors)
-    ratio = ours["HV@0.8"] / max(theirs[better]["HV@0.8"], 1e-12)
+    ahead = sum(r[5][k] > r[6][better][1][k] for r in rows for k in floors)
+    judged = len(rows) * len(floors)
+    ratio = ours["HV@0.8"] / theirs[better]["HV@0.8"] if theirs[better]["HV@0.8"] > 0 else math.inf
     gain = 100 * (ours["dense-1pt"] - theirs[better]["dense-1pt"])
     changed = "as shipped" if not overrides else "with " + ", ".join(f"`{o}`" for o in overrides)
     lines = [
@@ -436,22 +453,23 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
         f"The default search ({changed}) against `benchmarks/baseline.py` (multivariate TPE over a global-magnitude "
         "amount, task weights and the learning rate; Adam with a cosine schedule) given the automtl search's "
         "trial-loop wall-clock, on the same data and dense model, fine-tuning E epochs (automtl's full fine-tune, "
-        "chosen by its rule) or E / 3. Test metrics relative to the dense model's (a regression task: dense "
-        "error / error). trials: automtl's (complete of them, the rest stopped early by rungs) / the baseline's "
-        "at E / at E / 3. HV@r: hypervolume of (sparsity, each task's relative metric) above (r, r, …); a floor "
-        "column: the highest sparsity whose tasks all keep that share of the dense metric; dense-1pt: every task "
-        "within 1 point of dense (a regression task: within 1 %). Every cell is automtl / baseline at E / at E / 3.",
+        "chosen by its rule from the epoch it measured) or E / 3. Test metrics relative to the dense model's (a "
+        "regression task: dense error / error). trials: automtl's (complete of them, the rest stopped early by "
+        "rungs) / the baseline's at E / at E / 3. HV@r: hypervolume of (sparsity, each task's relative metric) "
+        "above (r, r, …); a floor column: the highest sparsity whose tasks all keep that share of the dense "
+        "metric; dense-1pt: every task within 1 point of dense (a regression task: within 1 %). Every cell is "
+        "automtl / baseline at E / at E / 3.",
         "",
         "| seed | wall | E | trials | " + " | ".join(keys) + " |",
         "|---:|---:|---:|---:|" + "---:|" * len(keys),
-        *[f"| {s} | {w:.0f} s | {e} | {a} ({c}) / {' / '.join(str(v[0]) for v in vs.values())} | " + " | ".join(
-            " / ".join([_cell(k, q[k]), *(_cell(k, v[1][k]) for v in vs.values())]) for k in keys) + " |"
+        *[f"| {s} | {w:.0f} s | {e} | {a} ({c}) / {' / '.join(str(vs[role][0]) for role in LENGTHS)} | " + " | ".join(
+            " / ".join([_cell(k, q[k]), *(_cell(k, vs[role][1][k]) for role in LENGTHS)]) for k in keys) + " |"
           for s, w, e, a, c, q, vs in rows],
         "| mean | | | | " + " | ".join(
-            "**" + " / ".join([_cell(k, ours[k]), *(_cell(k, theirs[e][k]) for e in lengths)]) + "**" for k in keys)
-        + " |",
-        "", f"* Against the better baseline ({better} epochs): HV@0.8 **{ratio:.2f}x**; sparsity with every task "
-        f"within 1 pt of dense **{gain:+.1f} pts**; ahead at {ahead} of {judged} floors (seeds x floor columns).",
+            "**" + " / ".join([_cell(k, ours[k]), *(_cell(k, theirs[role][k]) for role in LENGTHS)]) + "**"
+            for k in keys) + " |",
+        "", f"* Against the better baseline (fine-tuning {better}): HV@0.8 **{ratio:.2f}x**; sparsity with every "
+        f"task within 1 pt of dense **{gain:+.1f} pts**; ahead at {ahead} of {judged} floors (seeds x floor columns).",
     ]
     if levers:
         lines += ["", "What each lever contributes: the default search with one lever switched, given the same "
@@ -464,7 +482,7 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
     command += f" --levers {name}" + (f" --lever-names '{args.lever_names}'" if args.lever_names else "") if levers else ""
     publish(f"search-baseline-{name}", lines, command, started)
     met = ratio >= 1.5 and gain >= 5 and ahead == judged
-    return (f"| {name} | {'/'.join(str(r[2]) for r in rows)} epochs | {ratio:.2f}x | {100 * ours['dense-1pt']:.1f} % "
+    return (f"| {name} | {'/'.join(str(r[2]) for r in rows)} | {ratio:.2f}x | {100 * ours['dense-1pt']:.1f} % "
             f"/ {100 * theirs[better]['dense-1pt']:.1f} % ({gain:+.1f} pts) | {ahead} / {judged} | "
             f"{'yes' if met else 'no'} |")
 
