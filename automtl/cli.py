@@ -234,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> None:
                   f"{status['elapsed_seconds']:.0f}s", soft_wrap=True)
     fine_tune, chosen = status["fine_tune"], status["fine_tune"]["chosen"]
     console.print(f"full fine-tune: {fine_tune['epochs']} epochs" + (
-        f" (epochs auto: one epoch took {chosen['epoch_seconds']:.2f} s on {chosen['threads']} threads, budget "
+        f" (epochs auto: one epoch took {chosen['epoch_seconds']:.2f} s on {chosen['threads']} thread(s), budget "
         f"{chosen['budget_seconds']:.0f} s)" if chosen else ""), soft_wrap=True)
     disk = status["disk"]
     console.print(f"disk: {disk['bytes'] / 2**20:.1f} MiB, of which {disk['weights_files']} trials' weights "
