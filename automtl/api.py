@@ -377,13 +377,14 @@ def _finish(run: RunDir, config: SearchConfig, tracker) -> SearchSummary:
                           pareto.hypervolume_history(study), report.mlflow_artifacts(study, run))
         except Exception as exc:  # noqa: BLE001 - the study is complete; MLflow is only a view
             log.warning("final MLflow sync failed (%s); run `automtl report %s --sync-mlflow` later", exc, run.path)
+    record = StudyRecord.of(study)
     return SearchSummary(
         run_dir=str(run.path),
         status=progress.take(study, config.trials).as_dict(),
         front=pareto.described_front(study),
         objectives=objectives.to_attrs(objectives.of_study(study)),
-        dense_metrics=StudyRecord.of(study).dense_test_metrics,
-        mlflow=tracking.where_to_look(StudyRecord.of(study).mlflow) if tracker else None,
+        dense_metrics=record.dense_test_metrics,
+        mlflow=tracking.where_to_look(record.mlflow) if tracker else None,
     )
 
 

@@ -76,16 +76,26 @@ def seconds_per_batch(model: nn.Module, problem: Problem, recipe: TrainConfig, s
     return min(b - a for a, b in zip(ends, ends[1:])) / TIMED_BATCHES
 
 
+def epoch_recipe(config: SearchConfig) -> TrainConfig:
+    """The config's fine-tune for one epoch (what is timed; ``epochs`` may still be ``auto``)."""
+    return config.fine_tune.model_copy(update={"epochs": 1}).recipe()
+
+
+def budget_seconds(config: SearchConfig) -> float:
+    """The compute the rule shares out: ``timeout`` x ``workers``."""
+    return config.timeout * config.workers
+
+
 def measure(config: SearchConfig, problem: Problem, dense: nn.Module, threads: int) -> Fidelity:
     """Time one fine-tune epoch of ``dense`` on ``threads`` threads and apply the rule."""
-    recipe = config.fine_tune.model_copy(update={"epochs": 1}).recipe()
+    recipe = epoch_recipe(config)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         epoch = seconds_per_batch(dense, problem, recipe, config.seed) * batches_per_epoch(problem, recipe)
     finally:
         torch.set_num_threads(previous)
-    budget = config.timeout * config.workers
+    budget = budget_seconds(config)
     return Fidelity(full_epochs(epoch, budget, config.rungs), epoch, budget, threads)
 
 

@@ -107,7 +107,7 @@ def _trial_cost(model: nn.Module, problem: Problem, config: SearchConfig) -> Tri
     """Prune a copy of ``model`` as one trial of ``config`` would, time a few fine-tune batches and the
     evaluation, and write its weights as a trial does."""
     model = copy.deepcopy(model)
-    recipe = config.fine_tune.model_copy(update={"epochs": 1}).recipe()
+    recipe = fidelity.epoch_recipe(config)
     started = time.perf_counter()
     ctx = PruneContext.create(model, problem, calibration_size=config.pruning.calibration_size,
                               aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=config.seed)
@@ -117,7 +117,7 @@ def _trial_cost(model: nn.Module, problem: Problem, config: SearchConfig) -> Tri
     per_batch = fidelity.seconds_per_batch(model, problem, recipe, config.seed)
     epochs = config.fine_tune.epochs
     if epochs == "auto":  # the rule's choice for this model's measured epoch
-        epochs = fidelity.full_epochs(per_batch * batches_per_epoch(problem, recipe), config.timeout * config.workers,
+        epochs = fidelity.full_epochs(per_batch * batches_per_epoch(problem, recipe), fidelity.budget_seconds(config),
                                       config.rungs)
     tuned = time.perf_counter()
     make_permanent(model)
