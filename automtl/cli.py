@@ -244,6 +244,9 @@ def cmd_status(args: argparse.Namespace) -> None:
         console.print(f"in focus (floors {floors}): {status['in_focus']} of {status['counts']['complete']} complete "
                       f"trials, {status['front_in_focus']} of {status['front_size']} front trials; hypervolume in "
                       f"focus {status['focus_hypervolume']:.4f}", soft_wrap=True)
+    if status["past_ceiling"]:
+        console.print(f"{len(status['past_ceiling'])} queued plan(s) not fine-tuned, pruned past the focus ceiling: "
+                      f"trials {', '.join(map(str, status['past_ceiling']))}", soft_wrap=True)
     if status["failures"]:
         failed = Table("failed trials", "reason", title="failures")
         for reason, numbers in status["failures"].items():

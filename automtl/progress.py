@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import optuna
 from optuna.trial import TrialState
@@ -36,6 +36,7 @@ class Snapshot:
     in_focus: int  # complete trials meeting every floor
     front_in_focus: int  # of them, on the front
     focus_hypervolume: float  # the front's hypervolume inside the focus region (task nadirs at the floors)
+    past_ceiling: list[int] = field(default_factory=list)  # trials stopped before their fine-tune (automtl.ceiling)
     done: float = 0.0  # the share of the budget spent: of the trials, or of the timeout if that comes first
 
     @property
@@ -87,5 +88,7 @@ def take(study: optuna.Study, budget: int, started: float | None = None, timeout
         in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(complete)),
         front_in_focus=sum(focus.contains(floors, declared, r.result.metrics) for r in records(front)),
         focus_hypervolume=pareto.hypervolume(front, focus.bounded_by(floors, declared)) if floors else 0.0,
+        past_ceiling=[r.number for r in records([t for t in trials if t.state == TrialState.PRUNED])
+                      if r.ceiling is not None],
         done=min(1.0, done),
     )

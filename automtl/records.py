@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial
 
 FAIL_REASON = "fail_reason"
 STOPPED_AT = "stopped_at"  # fine-tune epochs after which a rung stopped the trial
+CEILING = "ceiling"  # the trial whose missed floor stopped this one before its fine-tune (automtl.ceiling)
 COMPUTE_SECONDS = "compute_seconds"  # pruning + fine-tuning + evaluation (a stopped trial's: until it stopped)
 RUNGS = "rungs"  # {str(epochs): objective values} at each rung the trial was judged
 LEGACY_KEYS = {"metrics": "accuracy", "test_metrics": "test_accuracy"}  # names before tasks had metric names
@@ -150,6 +151,7 @@ class TrialRecord:
     stopped_at: int | None = None
     rungs: dict[str, list[float]] = field(default_factory=dict)
     stopped_seconds: float = 0.0  # what a stopped trial spent before its rung stopped it
+    ceiling: int | None = None  # stopped before its fine-tune at the ceiling this trial set
 
     lr: float | None = None
     PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation", "lr")
@@ -165,7 +167,8 @@ class TrialRecord:
         return cls(number, state, tuple(values) if values is not None else None, **plan,
                    worker=attrs.get("worker"), result=result, fail_reason=attrs.get(FAIL_REASON),
                    stopped_at=attrs.get(STOPPED_AT), rungs=attrs.get(RUNGS) or {},
-                   stopped_seconds=attrs.get(COMPUTE_SECONDS, 0.0) if attrs.get(STOPPED_AT) is not None else 0.0)
+                   stopped_seconds=attrs.get(COMPUTE_SECONDS, 0.0) if attrs.get(STOPPED_AT) is not None else 0.0,
+                   ceiling=attrs.get(CEILING))
 
     def to_attrs(self) -> dict[str, Any]:
         """The user attributes this record stores (its plan, worker, result, failure)."""
@@ -180,6 +183,8 @@ class TrialRecord:
             attrs |= {STOPPED_AT: self.stopped_at, COMPUTE_SECONDS: self.stopped_seconds}
         if self.rungs:
             attrs[RUNGS] = self.rungs
+        if self.ceiling is not None:
+            attrs[CEILING] = self.ceiling
         return attrs
 
     @property

@@ -42,6 +42,8 @@ import optuna
 from optuna.trial import TrialState
 
 from automtl import objectives, study_storage
+from automtl.ceiling import Ceiling
+from automtl.config.schema import RungsConfig
 from automtl.metrics import MAXIMIZE
 from automtl.promotion import PROMOTIONS
 from automtl.records import RUNGS
@@ -56,11 +58,15 @@ Gate = Callable[[int, list[float]], bool]  # (epochs, judged objective values) -
 
 class TrialStopped(Exception):
     """A trial its rung stopped early (not failed: it ranked below the rung's cut): where, its judged values
-    and validation metrics there, and its compute until then."""
+    and validation metrics there, and its compute until then. Stopped at the sparsity ceiling
+    (:mod:`automtl.ceiling`) before any epoch: ``ceiling`` is the trial that set it, ``metrics`` that trial's."""
 
-    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float], seconds: float = 0.0):
-        super().__init__(f"stopped after {epochs} fine-tune epoch(s)")
+    def __init__(self, epochs: int, values: list[float], metrics: dict[str, float], seconds: float = 0.0,
+                 ceiling: int | None = None):
+        super().__init__(f"stopped after {epochs} fine-tune epoch(s)" if ceiling is None else
+                         f"stopped before its fine-tune: as sparse as trial {ceiling}, which missed a focus floor")
         self.epochs, self.values, self.metrics, self.seconds = epochs, values, metrics, seconds
+        self.ceiling = ceiling
 
 
 @dataclass(frozen=True)
@@ -111,21 +117,25 @@ def goes_on(number: int, judged: Mapping[int, Sequence[float]], directions: Sequ
 
 
 class RungGate:
-    """Judges one trial at its rungs through the study's storage (from any process that can open it)."""
+    """Judges one trial at its rungs through the study's storage (from any process that can open it); holds
+    the search's sparsity ``ceiling`` (:mod:`automtl.ceiling`) that may stop it before its fine-tune."""
 
     def __init__(self, study: optuna.Study, number: int, directions: Sequence[str], reduction: int,
-                 promote: str = "rank"):
+                 promote: str = "rank", ceiling: Ceiling | None = None):
         self.study, self.number = study, number
         self.directions, self.reduction, self.promote = list(directions), reduction, promote
+        self.ceiling = ceiling
         self.recorded: dict[str, list[float]] = {}
 
     @classmethod
     def of(cls, study: optuna.Study, number: int, config: "SearchConfig", problem: "Problem") -> "RungGate | None":
-        """The gate of trial ``number``, or None when the config has no rungs."""
-        if config.rungs is None:
+        """The gate of trial ``number``, or None when the config has neither rungs nor a ceiling."""
+        ceiling = Ceiling.of(study, number, config)
+        if config.rungs is None and ceiling is None:
             return None
-        return cls(study, number, [o.direction for o in judged_objectives(config, problem)], config.rungs.reduction,
-                   config.rungs.promote)
+        rungs = config.rungs or RungsConfig()
+        return cls(study, number, [o.direction for o in judged_objectives(config, problem)], rungs.reduction,
+                   rungs.promote, ceiling)
 
     def __call__(self, epochs: int, values: Sequence[float]) -> bool:
         """Record ``values`` at the rung of ``epochs``; True when the trial goes on."""

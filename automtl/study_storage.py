@@ -34,9 +34,20 @@ def fail(study: optuna.Study, number: int) -> None:
 
 def is_finished(study: optuna.Study, number: int) -> bool:
     """Whether trial ``number`` has ended (complete, stopped early or failed), read from the storage."""
-    return study._storage.get_trial(trial_id(study, number)).state.is_finished()
+    return frozen(study, number).state.is_finished()
 
 
 def trial(study: optuna.Study, number: int) -> optuna.Trial:
     """The :class:`optuna.Trial` of an existing, running trial ``number`` (to tell it from this process)."""
     return optuna.Trial(study, trial_id(study, number))
+
+
+def was_queued(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` runs a plan put in the queue (``Study.enqueue_trial``: the seeded front, ``enqueue``),
+    read from the system attribute Optuna keeps its fixed parameters in."""
+    return "fixed_params" in trial.system_attrs
+
+
+def frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial ``number`` as the storage has it now."""
+    return study._storage.get_trial(trial_id(study, number))

@@ -173,6 +173,8 @@ class Tracker:
             tags["fail_reason"] = record.fail_reason
         if record.stopped_at is not None:
             tags["stopped_at"] = str(record.stopped_at)
+        if record.ceiling is not None:  # stopped before its fine-tune, at the ceiling this trial set
+            tags["ceiling"] = str(record.ceiling)
         if pareto is not None:
             tags["pareto"] = str(pareto).lower()
         if run is None:

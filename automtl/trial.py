@@ -35,7 +35,7 @@ from automtl.pruning.gradual import GradualMasks
 from automtl.records import TrialResult
 from automtl.rundir import weights_path
 from automtl.space import TrialPlan
-from automtl.rungs import Gate, RungJudge, TrialStopped, judged_objectives
+from automtl.rungs import Gate, RungGate, RungJudge, TrialStopped, judged_objectives
 from automtl.train import Distillation, Teacher, batches_per_epoch, evaluate, fit, recalibrate_batchnorm
 from automtl.weighting import Weighting, make_weighting
 
@@ -133,7 +133,7 @@ def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) ->
 
     With ``gate`` (:class:`automtl.rungs.RungGate`) and ``rungs`` configured, the trial is judged at every
     rung milestone on its validation objectives and raises :class:`~automtl.rungs.TrialStopped` when the gate
-    says stop.
+    says stop; also, before any epoch, when its pruned model reaches the gate's ceiling (:mod:`automtl.ceiling`).
     """
     trial = _prune(plan, bench, number, gate)
     _fine_tune_alone(trial, bench)
@@ -194,6 +194,10 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
         aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=seed,
     )
     planned = apply(model, plan.steps, ctx)
+    reached = gate.ceiling.reached(planned.sparsity) if isinstance(gate, RungGate) and gate.ceiling else None
+    if reached:
+        _, reference, metrics = reached
+        raise TrialStopped(0, [], metrics, time.perf_counter() - started, ceiling=reference)
     method = "static" if plan.loss_weights else plan.loss_method
     weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
     gradual = config.fine_tune.gradual

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from automtl.pruning import apply
 from automtl.pruning.gradual import GradualMasks, cubic_share
-from automtl.rundir import RunDir
+from automtl.rundir import RunDir, weights_path
 import numpy as np
 
 from automtl.promotion import contributions, ranking
@@ -244,3 +244,51 @@ def test_gradual_pruning_leaves_other_mask_buffers_alone(zoo):
     model.register_buffer("attn_mask", torch.zeros(3))
     GradualMasks(model, steps=2, span=4).close(1.0)
     assert torch.equal(model.attn_mask, torch.zeros(3))
+
+
+# Global magnitude alone at 0.5 keeps the floor; at 0.998 it cannot (about 30 weights of the MLP left).
+CEILING = ["--set", "problem.options.tasks=[left]", "--set", "pruning.strategies.global_magnitude=null",
+           "--set", "seed_front=[0.5, 0.998]", "--set", "focus={min_relative: 0.9, ceiling: true}",
+           "--set", "enqueue=[{order: [global_magnitude], thresholds: {global_magnitude: 0.999}, "
+                    "loss_weights: {left: 1}}, {order: [global_magnitude], thresholds: {global_magnitude: 0.3}, "
+                    "loss_weights: {left: 1}}]"]
+
+
+def test_the_ceiling_stops_only_plans_pruned_past_a_seed_that_missed_the_floor(tmp_path):
+    run_dir = tmp_path / "ceiling"
+    cli("search", SMOKE, "--trials", 4, "--run-dir", run_dir, "--json", *FAST, *CEILING)
+    study = _study(run_dir)
+    kept, missed, past, below = study.trials
+    floor = study.user_attrs["focus"]["left"]
+    assert kept.state == missed.state == TrialState.COMPLETE
+    assert kept.user_attrs["metrics"]["left"] >= floor > missed.user_attrs["metrics"]["left"], "the premise"
+    assert past.state == TrialState.PRUNED and past.values is None
+    assert past.user_attrs["stopped_at"] == 0 and past.user_attrs["ceiling"] == missed.number
+    assert past.constraints == missed.constraints and past.constraints["focus.left"] > 0, "it is taken to miss as much"
+    assert "fine_tune_seconds" not in past.user_attrs and not (run_dir / weights_path(past.number)).exists()
+    assert below.state == TrialState.COMPLETE, "a plan below the ceiling runs"
+    assert "ceiling" not in below.user_attrs
+    assert f"not fine-tuned, pruned past the focus ceiling: trials {past.number}" in cli("status", run_dir).stdout
+
+
+def test_without_a_ceiling_the_same_plan_is_fine_tuned(tmp_path):
+    run_dir = tmp_path / "no-ceiling"
+    cli("search", SMOKE, "--trials", 3, "--run-dir", run_dir, "--json", *FAST, *CEILING,
+        "--set", "focus={min_relative: 0.9}")
+    assert [t.state for t in _study(run_dir).trials[:3]] == [TrialState.COMPLETE] * 3
+
+
+def test_only_queued_plans_are_held_to_the_ceiling():
+    from types import SimpleNamespace
+
+    import optuna
+
+    from automtl.ceiling import Ceiling
+
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0})
+    queued, sampled = study.ask(), study.ask()
+    config = SimpleNamespace(focus=SimpleNamespace(ceiling=True))
+    assert Ceiling.of(study, queued.number, config) is not None
+    assert Ceiling.of(study, sampled.number, config) is None, "the samplers stay free"
+    assert Ceiling.of(study, queued.number, SimpleNamespace(focus=SimpleNamespace(ceiling=False))) is None

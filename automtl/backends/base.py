@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automtl import focus, progress, retention, space, study_storage
 from automtl.config import SearchConfig
-from automtl.records import COMPUTE_SECONDS, STOPPED_AT, TrialRecord, TrialResult, failure_attrs
+from automtl.records import CEILING, COMPUTE_SECONDS, STOPPED_AT, TrialRecord, TrialResult, failure_attrs
 from automtl.rundir import RunDir
 from automtl.rungs import TrialStopped
 
@@ -84,6 +84,8 @@ def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialRe
     if isinstance(outcome, TrialStopped):
         trial.set_user_attr(STOPPED_AT, outcome.epochs)
         trial.set_user_attr(COMPUTE_SECONDS, outcome.seconds)
+        if outcome.ceiling is not None:
+            trial.set_user_attr(CEILING, outcome.ceiling)
         _constrain(trial, outcome.metrics, study.user_attrs)
         return study.tell(trial, state=TrialState.PRUNED)
     if isinstance(outcome, str):

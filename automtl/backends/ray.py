@@ -156,7 +156,8 @@ class StudySearcher(OptunaSearch):
             outcome, worker = TrialResult.from_attrs(payload["values"], payload["attrs"]), payload["worker"]
         elif result.get(STOPPED):
             payload = json.loads(result[STOPPED])
-            outcome = TrialStopped(payload["epochs"], [], payload["metrics"], payload["seconds"])
+            outcome = TrialStopped(payload["epochs"], [], payload["metrics"], payload["seconds"],
+                                   payload.get("ceiling"))
             worker = payload["worker"]
         else:
             outcome, worker = result[FAILED], None
@@ -199,8 +200,8 @@ def _study(run_path: str) -> optuna.Study:
 
 
 def _gate(bench: trial_mod.Bench, number: int) -> RungGate | None:
-    """The rung gate of trial ``number``: it records and reads rungs through the study's storage."""
-    return RungGate.of(_study(str(bench.run_dir)), number, bench.config, bench.problem) if bench.config.rungs else None
+    """The gate of trial ``number``: it records and reads rungs (and the ceiling) through the study's storage."""
+    return RungGate.of(_study(str(bench.run_dir)), number, bench.config, bench.problem)
 
 
 def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None) -> None:
@@ -246,9 +247,11 @@ def _report(job: tuple[space.TrialPlan, int, RungGate | None], outcome: trial_mo
     metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)} | {MEMBER: number}
     record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
     if isinstance(outcome, TrialStopped):
-        record = replace(record, state="pruned", stopped_at=outcome.epochs, stopped_seconds=outcome.seconds)
+        record = replace(record, state="pruned", stopped_at=outcome.epochs, stopped_seconds=outcome.seconds,
+                         ceiling=outcome.ceiling)
         tune.report(metrics | {STOPPED: json.dumps({"epochs": outcome.epochs, "metrics": outcome.metrics,
-                                                    "seconds": outcome.seconds, "worker": worker})})
+                                                    "seconds": outcome.seconds, "ceiling": outcome.ceiling,
+                                                    "worker": worker})})
     elif isinstance(outcome, Exception):  # recorded on the trial, the search goes on
         record = replace(record, state="fail", fail_reason=failure(outcome))
         tune.report(metrics | {FAILED: record.fail_reason})

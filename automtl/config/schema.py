@@ -246,9 +246,12 @@ class RungsConfig(Strict):
 class FocusConfig(Strict):
     """Floors on every task metric relative to the dense model (validation): a trial is feasible when each
     maximised metric is at least ``min_relative`` x dense and each minimised one at most dense / ``min_relative``.
-    Samplers that take constraints (tpe, nsga2, nsga3, gp) steer towards feasible trials."""
+    Samplers that take constraints (tpe, nsga2, nsga3, gp) steer towards feasible trials. With ``ceiling``,
+    a queued plan pruned at least as far as a queued global-magnitude plan that missed a floor is not
+    fine-tuned (:mod:`automtl.ceiling`)."""
 
     min_relative: float = Field(gt=0.0, le=1.0)
+    ceiling: bool = False
 
 
 class DataConfig(Strict):
