@@ -19,10 +19,13 @@
   against the hand-written peer baseline (``benchmarks/baseline.py``) at two fine-tune
   lengths, each given the same wall-clock, per seed: hypervolume of (sparsity, test
   metric per task relative to dense) at references 0, 0.5 and 0.8, and the highest
-  sparsity whose tasks all keep 80, 85, 90 % of dense or stay within 1 point of it.
+  sparsity whose tasks all keep 80, 85, 90 % of dense or stay within 1 point of it;
+* ``levers``: on the same suite without the baseline, the default search and the default
+  with each lever (``LEVERS``, or ``--lever-names``) switched, at the default's wall-clock.
 
-    python benchmarks/search.py [--parts local,ray,gpu,baseline,batch] [--trials 60] [--seeds 3] [--speed-trials 40]
-                                [--problems multidigits,mnist1d-pair,...] [--levers PROBLEM]
+    python benchmarks/search.py [--parts local,ray,gpu,baseline,batch,levers] [--trials 60] [--seeds 3]
+                                [--speed-trials 40] [--problems multidigits,mnist1d-pair,...] [--levers PROBLEM]
+                                [--lever-names NAME,...]
 """
 
 from __future__ import annotations
@@ -422,16 +425,51 @@ def _baseline_problem(root: Path, args: argparse.Namespace, name: str, with_leve
         stopped = sum(t.state == TrialState.PRUNED for t in study.trials)
         rows.append((seed, wall, full, complete + stopped, complete, _front_quality(study, dense, directions), variants))
         print(name, rows[-1], flush=True)
-        rungs = yaml.safe_dump(config.rungs and config.rungs.model_dump(), default_flow_style=True).strip()
-        fixed, fills = [f"fine_tune.epochs={full}", f"rungs={rungs}"], {"middle_lr": f"{config.fine_tune.middle_lr:g}"}
-        chosen = {k: v for k, v in LEVERS.items() if not args.lever_names or k in args.lever_names.split(",")}
-        for lever, switched in (chosen.items() if with_levers else ()):
-            variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
-                *overrides, f"seed={seed}", "tracking.enabled=false", f"timeout={wall}", *fixed,
-                *(o.format_map(fills) for o in switched)])
-            levers.setdefault(lever, []).append(_front_quality(variant, dense, directions))
-            print(name, seed, lever, levers[lever][-1], flush=True)
+        if with_levers:
+            _switch_levers(root, run, [*overrides, f"seed={seed}"], wall, config, dense, directions, args, levers)
     return publish_problem(name, rows, levers, args, started)
+
+
+def _switch_levers(root: Path, run: str, overrides: list[str], wall: float, config, dense: dict[str, float],
+                   directions: dict[str, str], args: argparse.Namespace, levers: dict) -> None:
+    """The default search of ``run`` (its ``config``) again with each lever of ``--lever-names`` switched, given
+    its wall-clock and full fine-tune; each variant's front quality appended to ``levers[lever]``."""
+    rungs = yaml.safe_dump(config.rungs and config.rungs.model_dump(), default_flow_style=True).strip()
+    fixed, fills = [f"fine_tune.epochs={config.fine_tune.epochs}", f"rungs={rungs}"], {
+        "middle_lr": f"{config.fine_tune.middle_lr:g}"}
+    chosen = {k: v for k, v in LEVERS.items() if not args.lever_names or k in args.lever_names.split(",")}
+    for lever, switched in chosen.items():
+        variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
+            *overrides, "tracking.enabled=false", f"timeout={wall}", *fixed, *(o.format_map(fills) for o in switched)])
+        levers.setdefault(lever, []).append(_front_quality(variant, dense, directions))
+        print(run, lever, levers[lever][-1], flush=True)
+
+
+def levers_part(root: Path, args: argparse.Namespace) -> None:
+    """The default search and each lever switched, on every problem of ``--problems`` (no baseline): one table
+    of means over seeds, section ``search-levers``."""
+    started, lines = time.perf_counter(), []
+    for name in args.problems.split(","):
+        default, levers = [], {}
+        for seed in range(args.seeds):
+            run, overrides = f"{name}-{seed}", [*SUITE[name], *args.set, f"seed={seed}"]
+            study, wall = search(root, run, [*overrides, "tracking.enabled=false"])
+            dense, directions = StudyRecord.of(study).dense_test_metrics, _task_directions(study)
+            default.append(_front_quality(study, dense, directions))
+            _switch_levers(root, run, overrides, wall, RunDir(root / run).load_config(), dense, directions, args,
+                           levers)
+        keys = list(default[0])
+        for search_name, results in {"default": default, **levers}.items():
+            means = {k: statistics.mean(r[k] for r in results) for k in keys}
+            lines.append(f"| {name} | {search_name} | " + " | ".join(_cell(k, means[k]) for k in keys) + " |")
+    publish("search-levers", [
+        "## What each lever contributes across the suite (`benchmarks/search.py --parts levers`)", "",
+        "The default search, and the default with one lever switched given the default run's wall-clock and full "
+        "fine-tune, on each problem of the suite (as in the sections above: only the problem and model differ); "
+        f"means over {args.seeds} seeds, test metrics relative to dense (columns as above).", "",
+        "| problem | search | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * len(keys), *lines,
+    ], f"python benchmarks/search.py --parts levers --problems {args.problems} --seeds {args.seeds}"
+       + (f" --lever-names '{args.lever_names}'" if args.lever_names else ""), started)
 
 
 def publish_problem(name: str, rows: list, levers: dict, args: argparse.Namespace, started: float) -> str:
@@ -523,6 +561,8 @@ LEVERS = {
     "without the focus region": ["focus=null"],
     "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
     "with hypervolume promotion": ["rungs.promote=hypervolume"],  # rungs let on the largest hypervolume shares
+    "with the ceiling": ["focus.ceiling=true"],  # no fine-tune for queued plans past a seed below the floor
+    "with a cosine fine-tune": ["fine_tune.schedule=cosine"],  # the learning rate decays to 0 (constant shipped)
 }
 
 
@@ -531,7 +571,8 @@ def _front_quality(study, dense: dict[str, float], directions: dict[str, str]) -
                    directions)
 
 
-PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part, "batch": batch_part}
+PARTS = {"local": local_part, "ray": ray_part, "gpu": gpu_part, "baseline": baseline_part, "batch": batch_part,
+         "levers": levers_part}
 
 
 def main() -> None:
