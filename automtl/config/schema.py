@@ -527,6 +527,14 @@ class SearchConfig(Strict):
                              f"[{rng.low:g}, {rng.high:g}]")
         return self
 
+    @model_validator(mode="after")
+    def _ceiling_can_be_set(self) -> "SearchConfig":
+        setters = self.seed_front or [p for p in self.enqueue if p.order == [SEED_STRATEGY]]
+        if self.focus and self.focus.ceiling and not setters:
+            raise ValueError(f"focus.ceiling is set by queued {SEED_STRATEGY!r} plans: give seed_front (e.g. [0.5, "
+                             f"0.8, 0.9, 0.95]) or enqueue a plan of {SEED_STRATEGY!r} alone, or drop ceiling")
+        return self
+
     def seed_plans(self, task_names: list[str]) -> list[PlanConfig]:
         """The plans of ``seed_front``: global magnitude at each share, equal task weights when the weights
         are searched (else the first loss method), the least distillation the config allows."""
