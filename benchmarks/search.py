@@ -447,7 +447,7 @@ def _switch_levers(root: Path, run: str, overrides: list[str], wall: float, conf
 
 def levers_part(root: Path, args: argparse.Namespace) -> None:
     """The default search and each lever switched, on every problem of ``--problems`` (no baseline): one table
-    of means over seeds, section ``search-levers``."""
+    of means over seeds, section ``search-levers-<the levers>``."""
     started, lines = time.perf_counter(), []
     for name in args.problems.split(","):
         default, levers = [], {}
@@ -462,8 +462,10 @@ def levers_part(root: Path, args: argparse.Namespace) -> None:
         for search_name, results in {"default": default, **levers}.items():
             means = {k: statistics.mean(r[k] for r in results) for k in keys}
             lines.append(f"| {name} | {search_name} | " + " | ".join(_cell(k, means[k]) for k in keys) + " |")
-    publish("search-levers", [
-        "## What each lever contributes across the suite (`benchmarks/search.py --parts levers`)", "",
+    chosen = args.lever_names.split(",") if args.lever_names else ["all"]
+    slug = "-".join(w for name in chosen for w in name.split() if w not in ("with", "without", "a", "the"))
+    publish(f"search-levers-{slug}", [  # a section per set of levers, so one study does not overwrite another
+        f"## What each lever contributes: {', '.join(chosen)} (`benchmarks/search.py --parts levers`)", "",
         "The default search, and the default with one lever switched given the default run's wall-clock and full "
         "fine-tune, on each problem of the suite (as in the sections above: only the problem and model differ); "
         f"means over {args.seeds} seeds, test metrics relative to dense (columns as above).", "",
