@@ -563,7 +563,7 @@ LEVERS = {
     "without the focus region": ["focus=null"],
     "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
     "with hypervolume promotion": ["rungs.promote=hypervolume"],  # rungs let on the largest hypervolume shares
-    "with the ceiling": ["focus.ceiling=true"],  # no fine-tune for queued plans past a seed below the floor
+    "without the ceiling": ["focus.ceiling=false"],  # queued plans past a seed below the floor fine-tuned too
     "with a cosine fine-tune": ["fine_tune.schedule=cosine"],  # the learning rate decays to 0 (constant shipped)
 }
 
