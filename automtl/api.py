@@ -17,7 +17,7 @@ from torch import nn
 
 from automtl import config as config_mod
 from automtl import dense as dense_mod
-from automtl import fidelity, focus, interrupts, objectives, pareto, progress, report, retention, tracking
+from automtl import fidelity, focus, interrupts, objectives, pareto, progress, report, retention, space, tracking
 from automtl.backends import get_backend
 from automtl.config import SearchConfig
 from automtl.errors import UserError, is_disk_full
@@ -28,7 +28,6 @@ from automtl.rundir import RunDir, open_storage
 from automtl.measure import costs
 from automtl.models import task_outputs
 from automtl.train import TrainConfig, evaluate, predict
-from automtl.space import TrialPlan, encode
 from automtl.trial import Bench
 
 log = logging.getLogger(__name__)
@@ -217,11 +216,8 @@ def _create_study(run: RunDir, config: SearchConfig, problem: Problem, total_par
                       objective_specs=objectives.to_attrs(declared), tasks=problem.task_names,
                       total_parameters=total_parameters, study_uid=uuid.uuid4().hex[:12],
                       dense_reference=reference.record() if reference else {"source": "trained"})
-    for plan in [*config.seed_plans(problem.task_names), *config.enqueue]:
-        method = plan.loss_method or config.loss_weights.methods[0]
-        decoded = TrialPlan(plan.order, plan.thresholds, method, plan.weights_for(problem.task_names), plan.distillation,
-                            plan.lr)
-        study.enqueue_trial(encode(decoded, config, problem.task_names))
+    for plan in [*config.seed_plans(), *config.enqueue]:
+        space.enqueue(study, plan, config, problem.task_names)
     return study
 
 

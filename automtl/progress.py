@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from automtl import focus, pareto
 from automtl.objectives import of_study
-from automtl.records import records
+from automtl.records import StudyRecord, records
 
 STATES = {
     TrialState.COMPLETE: "complete",
@@ -37,6 +37,7 @@ class Snapshot:
     front_in_focus: int  # of them, on the front
     focus_hypervolume: float  # the front's hypervolume inside the focus region (task nadirs at the floors)
     past_ceiling: list[int] = field(default_factory=list)  # trials stopped before their fine-tune (automtl.ceiling)
+    climbed: list[float] = field(default_factory=list)  # seed levels queued past seed_front (automtl.climb)
     done: float = 0.0  # the share of the budget spent: of the trials, or of the timeout if that comes first
 
     @property
@@ -90,5 +91,6 @@ def take(study: optuna.Study, budget: int, started: float | None = None, timeout
         focus_hypervolume=pareto.hypervolume(front, focus.bounded_by(floors, declared)) if floors else 0.0,
         past_ceiling=[r.number for r in records([t for t in trials if t.state == TrialState.PRUNED])
                       if r.ceiling is not None],
+        climbed=StudyRecord.of(study).climbed,
         done=min(1.0, done),
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 
-from automtl.config import Range, SearchConfig
+from automtl.config import PlanConfig, Range, SearchConfig
 
 U_LOW = 1e-6
 
@@ -135,3 +135,10 @@ def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict
 def plan_from_params(params: dict[str, Any], config: SearchConfig, task_names: list[str]) -> TrialPlan:
     """Decode stored parameters (e.g. a finished trial's) without a live trial."""
     return suggest(optuna.trial.FixedTrial(params), config, task_names)
+
+
+def enqueue(study: optuna.Study, plan: PlanConfig, config: SearchConfig, task_names: list[str]) -> None:
+    """Queue ``plan`` on ``study`` (``Study.enqueue_trial``): the next trial asked runs it, not a sampled plan."""
+    method = plan.loss_method or config.loss_weights.methods[0]
+    decoded = TrialPlan(plan.order, plan.thresholds, method, plan.weights_for(task_names), plan.distillation, plan.lr)
+    study.enqueue_trial(encode(decoded, config, task_names))

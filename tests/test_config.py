@@ -58,6 +58,7 @@ def test_set_overrides_any_field(tmp_path):
         (BASE + "fine_tune: {epochs: 3, schedule: linear}", "fine_tune.schedule", "'cosine', 'step' or 'onecycle'"),
         (BASE + "focus: {min_relative: 1.5}", "focus.min_relative", "less than or equal to 1"),
         (BASE + "focus: {min_relative: 0.9, ceiling: true}", "", "give seed_front"),
+        (BASE + "focus: {min_relative: 0.9, climb: true}", "", "climb goes on from the sparsest seed_front level"),
         (BASE + "seed_front: [0.9]", "", "needs the 'global_magnitude' strategy"),
         ("pruning: {strategies: {global_magnitude: null, taylor: null}, order: fixed}\nseed_front: [0.9]", "",
          "use 'global_magnitude' alone"),

@@ -24,7 +24,7 @@ def test_the_default_names_no_task_and_gives_every_task_an_equal_share_of_its_fi
     for task in ("left", "right", "sum"):
         assert task not in yaml.safe_dump(yaml.safe_load(text)["enqueue"])
     config = load(DEFAULT)
-    for plan in [*config.enqueue, *config.seed_plans(["a", "b", "c"])]:
+    for plan in [*config.enqueue, *config.seed_plans()]:
         assert plan.weights_for(["a", "b", "c"]) == {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
 
 

@@ -292,3 +292,34 @@ def test_only_queued_plans_are_held_to_the_ceiling():
     assert Ceiling.of(study, queued.number, config) is not None
     assert Ceiling.of(study, sampled.number, config) is None, "the samplers stay free"
     assert Ceiling.of(study, queued.number, SimpleNamespace(focus=SimpleNamespace(ceiling=False))) is None
+
+
+# Global magnitude alone keeps a floor of half the dense accuracy at 0.5 and 0.9 of the MLP's weights.
+CLIMB = ["--set", "problem.options.tasks=[left]", "--set", "pruning.strategies.global_magnitude=null",
+         "--set", "seed_front=[0.5, 0.9]", "--set", "focus={min_relative: 0.5, climb: true}"]
+
+
+def test_the_seeded_front_climbs_while_its_sparsest_level_keeps_the_floors(tmp_path):
+    run_dir = tmp_path / "climb"
+    cli("search", SMOKE, "--trials", 3, "--run-dir", run_dir, "--json", *FAST, *CLIMB)
+    study = _study(run_dir)
+    low, top, climbed = study.trials[:3]
+    floor = study.user_attrs["focus"]["left"]
+    assert top.user_attrs["metrics"]["left"] >= floor, "the premise: 0.9 keeps the floor"
+    assert climbed.user_attrs["order"] == ["global_magnitude"], "the next trial runs the next level, not a sample"
+    assert climbed.user_attrs["thresholds"]["global_magnitude"] == pytest.approx(0.95), "half the rest removed"
+    assert study.user_attrs["climbed"][0] == pytest.approx(0.95)
+    assert "seeded front climbed past seed_front" in cli("status", run_dir).stdout
+
+
+def test_the_climb_stops_at_a_level_that_misses_a_floor(tmp_path):
+    from automtl import study_storage
+
+    run_dir = tmp_path / "no-climb"
+    cli("search", SMOKE, "--trials", 3, "--run-dir", run_dir, "--json", *FAST, *CLIMB,
+        "--set", "seed_front=[0.5, 0.998]", "--set", "focus={min_relative: 0.9, climb: true}")
+    study = _study(run_dir)
+    top, after = study.trials[1:3]
+    assert top.user_attrs["metrics"]["left"] < study.user_attrs["focus"]["left"], "the premise: 0.998 misses"
+    assert not study_storage.was_queued(after), "nothing is queued past a level that missed"
+    assert "climbed" not in study.user_attrs

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automtl import focus, progress, retention, space, study_storage
+from automtl.climb import climb
 from automtl.config import SearchConfig
 from automtl.records import CEILING, COMPUTE_SECONDS, STOPPED_AT, TrialRecord, TrialResult, failure_attrs
 from automtl.rundir import RunDir
@@ -74,9 +75,10 @@ def failure(exc: BaseException) -> str:
 
 
 def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialResult | TrialStopped | str,
-         keep_weights: str, worker: str | None = None) -> FrozenTrial:
+         config: SearchConfig, worker: str | None = None) -> FrozenTrial:
     """Record how ``trial`` ended and tell the study, alike from every backend: complete (then the weights of
-    the trials it dominates may go, :func:`automtl.retention.release_dominated`), stopped at a rung (told
+    the trials it dominates may go, :func:`automtl.retention.release_dominated`, and the seeded front may
+    climb a level, :func:`automtl.climb.climb`), stopped at a rung (told
     PRUNED, with where and at what cost) or failed (``outcome`` is the reason; told FAIL). A complete or
     stopped trial also gets its focus constraints (Optuna keeps the objective values when told)."""
     if worker is not None:
@@ -97,7 +99,8 @@ def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialRe
         trial.set_user_attr(key, value)
     _constrain(trial, outcome.metrics, study.user_attrs)
     finished = study.tell(trial, outcome.values)
-    retention.release_dominated(run, study, keep_weights)
+    retention.release_dominated(run, study, config.keep_weights)
+    climb(study, finished, config)
     return finished
 
 

@@ -60,10 +60,10 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             trial = untold.pop(index)
             if isinstance(outcome, Exception) and not isinstance(outcome, TrialStopped):
                 if is_disk_full(outcome):  # not the plan's fault: re-spent on --resume, and the search stops
-                    tell(run, study, trial, INTERRUPTED, config.keep_weights)
+                    tell(run, study, trial, INTERRUPTED, config)
                     raise outcome
                 outcome = failure(outcome)
-            finished = tell(run, study, trial, outcome, config.keep_weights)
+            finished = tell(run, study, trial, outcome, config)
             if tracker:
                 tracker.log_trial(finished)
 
@@ -80,7 +80,7 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             trial_mod.run_batch([job[1:] for job in jobs], bench, lambda i, outcome: told(jobs[i][0], outcome))
         except BaseException:
             for trial in list(untold.values()):  # re-spent on --resume
-                tell(run, study, trial, INTERRUPTED, config.keep_weights)
+                tell(run, study, trial, INTERRUPTED, config)
             raise
         ran += len(trials)
 

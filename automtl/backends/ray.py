@@ -144,7 +144,7 @@ class StudySearcher(OptunaSearch):
         died = f"the trial's Ray worker died (Tune trial {trial_id}; see {self._run.path / EXPERIMENT})"
         for member in self._members[trial_id]:
             if not study_storage.is_finished(self._ot_study, member.number):
-                tell(self._run, self._ot_study, member, died, self._config.keep_weights)
+                tell(self._run, self._ot_study, member, died, self._config)
 
     def _tell(self, trial_id: str, result: dict) -> None:
         """Tell the member a worker reported on (once: a restored batch reports it again)."""
@@ -161,7 +161,7 @@ class StudySearcher(OptunaSearch):
             worker = payload["worker"]
         else:
             outcome, worker = result[FAILED], None
-        tell(self._run, self._ot_study, member, outcome, self._config.keep_weights, worker)
+        tell(self._run, self._ot_study, member, outcome, self._config, worker)
 
     def save(self, checkpoint_path: str) -> None:
         members = {tid: [t.number for t in trials] for tid, trials in self._members.items()}

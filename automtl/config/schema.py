@@ -248,10 +248,12 @@ class FocusConfig(Strict):
     maximised metric is at least ``min_relative`` x dense and each minimised one at most dense / ``min_relative``.
     Samplers that take constraints (tpe, nsga2, nsga3, gp) steer towards feasible trials. With ``ceiling``,
     a queued plan pruned at least as far as a queued global-magnitude plan that missed a floor is not
-    fine-tuned (:mod:`automtl.ceiling`)."""
+    fine-tuned (:mod:`automtl.ceiling`); with ``climb``, while the sparsest ``seed_front`` level keeps every
+    floor, a level with half its remaining weights removed is queued (:mod:`automtl.climb`)."""
 
     min_relative: float = Field(gt=0.0, le=1.0)
     ceiling: bool = False
+    climb: bool = False
 
 
 class DataConfig(Strict):
@@ -528,21 +530,28 @@ class SearchConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _ceiling_can_be_set(self) -> "SearchConfig":
+    def _seed_levels_can_adapt(self) -> "SearchConfig":
         setters = self.seed_front or [p for p in self.enqueue if p.order == [SEED_STRATEGY]]
         if self.focus and self.focus.ceiling and not setters:
             raise ValueError(f"focus.ceiling is set by queued {SEED_STRATEGY!r} plans: give seed_front (e.g. [0.5, "
                              f"0.8, 0.9, 0.95]) or enqueue a plan of {SEED_STRATEGY!r} alone, or drop ceiling")
+        if self.focus and self.focus.climb and not self.seed_front:
+            raise ValueError("focus.climb goes on from the sparsest seed_front level: give seed_front (e.g. [0.5, "
+                             "0.8, 0.9, 0.95]), or drop climb")
         return self
 
-    def seed_plans(self, task_names: list[str]) -> list[PlanConfig]:
-        """The plans of ``seed_front``: global magnitude at each share, equal task weights when the weights
-        are searched (else the first loss method), the least distillation the config allows."""
+    def seed_plan(self, share: float) -> PlanConfig:
+        """The seeded front's plan at ``share``: global magnitude alone, equal task weights when the weights are
+        searched (else the first loss method), the least distillation the config allows."""
         weight = self.distillation.weight
         method = "simplex" if "simplex" in self.loss_weights.methods else self.loss_weights.methods[0]
-        return [PlanConfig(order=[SEED_STRATEGY], thresholds={SEED_STRATEGY: share}, loss_method=method,
-                           loss_weights="equal" if method == "simplex" else None, distillation=weight if isinstance(weight, float) else weight.low)
-                for share in self.seed_front]
+        return PlanConfig(order=[SEED_STRATEGY], thresholds={SEED_STRATEGY: share}, loss_method=method,
+                          loss_weights="equal" if method == "simplex" else None,
+                          distillation=weight if isinstance(weight, float) else weight.low)
+
+    def seed_plans(self) -> list[PlanConfig]:
+        """The plans of ``seed_front``, in its order."""
+        return [self.seed_plan(share) for share in self.seed_front]
 
     @field_validator("objectives", mode="before")
     @classmethod
