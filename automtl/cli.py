@@ -248,8 +248,8 @@ def cmd_status(args: argparse.Namespace) -> None:
         console.print(f"{len(status['past_ceiling'])} queued plan(s) not fine-tuned, pruned past the focus ceiling: "
                       f"trials {', '.join(map(str, status['past_ceiling']))}", soft_wrap=True)
     if status["climbed"]:
-        console.print(f"seeded front climbed past seed_front, its sparsest level keeping every floor: queued global "
-                      f"magnitude at {', '.join(f'{level:g}' for level in status['climbed'])}", soft_wrap=True)
+        console.print(f"global-magnitude levels queued by focus.climb (towards the sparsest that keeps every floor): "
+                      f"{', '.join(f'{level:g}' for level in status['climbed'])}", soft_wrap=True)
     if status["failures"]:
         failed = Table("failed trials", "reason", title="failures")
         for reason, numbers in status["failures"].items():

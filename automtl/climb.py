@@ -1,22 +1,32 @@
-"""The climbing seeded front: further levels of global magnitude while the sparsest one still keeps the floors.
+"""The climbing seeded front: global magnitude's sparsest level that keeps the floors, found while searching.
 
 ``seed_front`` guesses, before the problem is seen, how far global magnitude
-can go. With ``focus: {min_relative: r, climb: true}``, when the front's
-sparsest level completes with validation metrics meeting every focus floor,
-and no queued global-magnitude plan has missed one, the next level is
-queued: the same plan with half of the remaining weights removed (0.98 ->
-0.99 -> 0.995 ...). The climb stops at the first level that misses a floor,
-at the top of the strategy's threshold range, or where less than one of the
-model's weights would remain. The levels queued so far are stored on the
-study (``climbed``), so a resumed search climbs on from them. On a model that
-prunes further than the guess, the front so reaches the sparsities a sampler
-needs many trials to find; :mod:`automtl.ceiling` is the other half (no
-fine-tune past a level that missed).
+can go. With ``focus: {min_relative: r, climb: true}``, each time a queued
+global-magnitude level completes, the levels known so far decide the next:
+
+* while the sparsest one that keeps every focus floor is also the sparsest
+  run, the level with half of its remaining weights removed is queued (0.98
+  -> 0.99 -> 0.995 ...), up to the top of the strategy's threshold range and
+  while at least one of the model's weights would remain;
+* once a sparser level missed a floor, the level midway between the two (in
+  remaining weights) is queued, until they are within ``RESOLUTION`` of each
+  other.
+
+A level still waiting or running between them decides first. The levels
+queued so far are stored on the study (``climbed``) for ``automtl status``;
+the search reads the levels themselves from the trials, so a resumed search
+goes on where it stopped. On a model that prunes further than the guess, the
+front so reaches the sparsities a sampler needs many trials to find, and on
+one that prunes less far it gets points just inside the floors;
+:mod:`automtl.ceiling` is the other half (no fine-tune past a level that
+missed).
 
 Example:
-    >>> next_level(0.98, total_parameters=10_000)
-    0.99
-    >>> next_level(0.9999, total_parameters=10_000) is None
+    >>> next_level({0.5: True, 0.9: True}, total_parameters=10_000, high=1.0)
+    0.95
+    >>> next_level({0.8: True, 0.9: False}, total_parameters=10_000, high=1.0)
+    0.858578643763
+    >>> next_level({0.8: True, 0.85: None, 0.9: False}, total_parameters=10_000, high=1.0) is None
     True
 """
 
@@ -24,41 +34,77 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl import space, study_storage
-from automtl.ceiling import Ceiling
+from automtl import focus, space, study_storage
 from automtl.config.schema import SEED_STRATEGY, SearchConfig
+from automtl.objectives import of_attrs as objectives_of
 from automtl.records import StudyRecord, TrialRecord
 
 log = logging.getLogger(__name__)
 
+RESOLUTION = 1.25  # stop narrowing once the kept level leaves at most 1.25x the weights the missed one does
 
-def next_level(share: float, total_parameters: int) -> float | None:
-    """The level above ``share`` (half the remaining weights removed), or None once less than one of
-    ``total_parameters`` would remain."""
-    level = round(1 - (1 - share) / 2, 12)
-    return level if (1 - level) * total_parameters >= 1 else None
+
+def next_level(levels: Mapping[float, bool | None], total_parameters: int, high: float) -> float | None:
+    """The next global-magnitude share to run, given ``levels`` (share -> kept every floor, missed one, or None
+    while waiting or running), or None: nothing kept yet, a pending level decides first, or the end is reached."""
+    kept = [share for share, inside in levels.items() if inside]
+    if not kept:
+        return None
+    low = max(kept)
+    high_miss = min((share for share, inside in levels.items() if inside is False and share > low), default=None)
+    if any(inside is None and share > low and (high_miss is None or share < high_miss)
+           for share, inside in levels.items()):
+        return None
+    if high_miss is None:
+        level = round(1 - (1 - low) / 2, 12)
+        within = (1 - level) * total_parameters >= 1 and level <= high
+    else:
+        level = round(1 - math.sqrt((1 - low) * (1 - high_miss)), 12)
+        within = (1 - low) / (1 - high_miss) >= RESOLUTION
+    return level if within and not any(math.isclose(level, share) for share in levels) else None
+
+
+def levels(study: optuna.Study, config: SearchConfig, task_names: list[str]) -> dict[float, bool | None]:
+    """The queued plans of global magnitude alone: share -> whether the validation metrics keep every focus
+    floor (complete), or None (waiting or running)."""
+    floors, objectives = focus.of_attrs(study.user_attrs), objectives_of(study.user_attrs)
+    found: dict[float, bool | None] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)):
+        if not study_storage.was_queued(trial):
+            continue
+        plan = space.plan_from_params(trial.system_attrs["fixed_params"], config, task_names)
+        if plan.order != [SEED_STRATEGY]:
+            continue
+        share = plan.thresholds[SEED_STRATEGY]
+        if trial.state == TrialState.COMPLETE:
+            found[share] = found.get(share) is not False and focus.contains(
+                floors, objectives, TrialRecord.from_trial(trial).result.metrics)
+        else:
+            found.setdefault(share, None)
+    return found
 
 
 def climb(study: optuna.Study, finished: FrozenTrial, config: SearchConfig) -> float | None:
-    """Queue the next level when ``finished`` is the seeded front's sparsest level so far and kept every floor;
-    returns the level queued, or None."""
+    """Queue the next level when ``finished`` is a queued global-magnitude level; returns the level queued, or
+    None."""
     if not (config.focus and config.focus.climb and finished.state == TrialState.COMPLETE
             and study_storage.was_queued(finished)):
         return None
-    plan, record = TrialRecord.from_trial(finished), StudyRecord.of(study)
-    share = plan.thresholds.get(SEED_STRATEGY)
-    if plan.order != [SEED_STRATEGY] or not math.isclose(share, max([*config.seed_front, *record.climbed])):
+    plan = TrialRecord.from_trial(finished)
+    if plan.order != [SEED_STRATEGY]:
         return None
-    if Ceiling(study).reference() is not None:  # this level, or a lower one, missed a floor
-        return None
-    level = next_level(share, record.total_parameters)
-    if level is None or level > config.pruning.strategies[SEED_STRATEGY].high:
+    record = StudyRecord.of(study)
+    level = next_level(levels(study, config, record.tasks), record.total_parameters,
+                       config.pruning.strategies[SEED_STRATEGY].high)
+    if level is None:
         return None
     StudyRecord.write(study, climbed=[*record.climbed, level])
     space.enqueue(study, config.seed_plan(level), config, record.tasks)
-    log.info("global magnitude at %g kept every focus floor (trial %d): queued %g", share, finished.number, level)
+    log.info("global magnitude at %g done (trial %d): queued the level %g", plan.thresholds[SEED_STRATEGY],
+             finished.number, level)
     return level

@@ -37,7 +37,7 @@ class Snapshot:
     front_in_focus: int  # of them, on the front
     focus_hypervolume: float  # the front's hypervolume inside the focus region (task nadirs at the floors)
     past_ceiling: list[int] = field(default_factory=list)  # trials stopped before their fine-tune (automtl.ceiling)
-    climbed: list[float] = field(default_factory=list)  # seed levels queued past seed_front (automtl.climb)
+    climbed: list[float] = field(default_factory=list)  # global-magnitude levels queued by automtl.climb
     done: float = 0.0  # the share of the budget spent: of the trials, or of the timeout if that comes first
 
     @property

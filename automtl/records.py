@@ -62,7 +62,7 @@ class StudyRecord:
     dense_val_metrics: dict[str, float] = field(default_factory=dict)
     focus: dict[str, float] | None = None  # each task's floor (automtl.focus)
     fidelity: dict | None = None  # how fine_tune.epochs auto was chosen (automtl.fidelity.Fidelity)
-    climbed: list[float] = field(default_factory=list)  # seed levels queued past seed_front (automtl.climb)
+    climbed: list[float] = field(default_factory=list)  # global-magnitude levels queued by automtl.climb
     mlflow: MlflowLink | None = None
     mlflow_active: bool = False
 

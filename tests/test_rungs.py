@@ -11,6 +11,7 @@ from automtl.pruning.gradual import GradualMasks, cubic_share
 from automtl.rundir import RunDir, weights_path
 import numpy as np
 
+from automtl.climb import next_level
 from automtl.promotion import contributions, ranking
 from automtl.rungs import goes_on
 from automtl.train import TrainConfig, batches_per_epoch, fit
@@ -309,17 +310,35 @@ def test_the_seeded_front_climbs_while_its_sparsest_level_keeps_the_floors(tmp_p
     assert climbed.user_attrs["order"] == ["global_magnitude"], "the next trial runs the next level, not a sample"
     assert climbed.user_attrs["thresholds"]["global_magnitude"] == pytest.approx(0.95), "half the rest removed"
     assert study.user_attrs["climbed"][0] == pytest.approx(0.95)
-    assert "seeded front climbed past seed_front" in cli("status", run_dir).stdout
+    assert "levels queued by focus.climb" in cli("status", run_dir).stdout
 
 
-def test_the_climb_stops_at_a_level_that_misses_a_floor(tmp_path):
-    from automtl import study_storage
-
-    run_dir = tmp_path / "no-climb"
+def test_the_climb_narrows_between_the_sparsest_kept_level_and_the_first_missed(tmp_path):
+    run_dir = tmp_path / "narrow"
     cli("search", SMOKE, "--trials", 3, "--run-dir", run_dir, "--json", *FAST, *CLIMB,
         "--set", "seed_front=[0.5, 0.998]", "--set", "focus={min_relative: 0.9, climb: true}")
     study = _study(run_dir)
-    top, after = study.trials[1:3]
-    assert top.user_attrs["metrics"]["left"] < study.user_attrs["focus"]["left"], "the premise: 0.998 misses"
-    assert not study_storage.was_queued(after), "nothing is queued past a level that missed"
-    assert "climbed" not in study.user_attrs
+    low, top, narrowed = study.trials[:3]
+    floor = study.user_attrs["focus"]["left"]
+    assert low.user_attrs["metrics"]["left"] >= floor > top.user_attrs["metrics"]["left"], "the premise"
+    assert narrowed.user_attrs["order"] == ["global_magnitude"]
+    assert narrowed.user_attrs["thresholds"]["global_magnitude"] == pytest.approx(1 - (0.5 * 0.002) ** 0.5), \
+        "midway in remaining weights, not past the level that missed"
+
+
+@pytest.mark.parametrize("known, expected", [
+    ({0.5: True, 0.9: None}, None),                      # a sparser level still running decides first
+    ({0.5: False, 0.9: False}, None),                    # nothing kept: nothing to go on from
+    ({0.8: True, 0.9: False, 0.95: None}, 0.858578643763),  # a level past the missed one does not wait
+    ({0.88: True, 0.9: False}, None),                    # within 1.25x of the missed level: done
+    ({0.9: True, 0.95: False, 0.93: True}, 0.940839202169),  # between the sparsest kept and the next miss
+    ({0.5: True, 0.8: False, 0.9: True}, 0.95),          # a noisy miss below the sparsest kept is passed over
+    ({0.99: True}, None),                                # past the strategy's range (high 0.994)
+])
+def test_the_next_climb_level(known, expected):
+    assert next_level(known, total_parameters=10_000, high=0.994) == expected
+
+
+def test_the_climb_stops_where_less_than_one_weight_would_remain():
+    assert next_level({0.9996: True}, total_parameters=10_000, high=1.0) == 0.9998
+    assert next_level({0.99995: True}, total_parameters=10_000, high=1.0) is None

@@ -248,8 +248,8 @@ class FocusConfig(Strict):
     maximised metric is at least ``min_relative`` x dense and each minimised one at most dense / ``min_relative``.
     Samplers that take constraints (tpe, nsga2, nsga3, gp) steer towards feasible trials. With ``ceiling``,
     a queued plan pruned at least as far as a queued global-magnitude plan that missed a floor is not
-    fine-tuned (:mod:`automtl.ceiling`); with ``climb``, while the sparsest ``seed_front`` level keeps every
-    floor, a level with half its remaining weights removed is queued (:mod:`automtl.climb`)."""
+    fine-tuned (:mod:`automtl.ceiling`); with ``climb``, further global-magnitude levels are queued towards the
+    sparsest that keeps every floor (:mod:`automtl.climb`)."""
 
     min_relative: float = Field(gt=0.0, le=1.0)
     ceiling: bool = False
