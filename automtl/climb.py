@@ -2,14 +2,17 @@
 
 ``seed_front`` guesses, before the problem is seen, how far global magnitude
 can go. With ``focus: {min_relative: r, climb: true}``, each time a queued
-global-magnitude level completes, the levels known so far decide the next:
+global-magnitude level completes or is stopped, the levels known so far
+decide the next:
 
-* while the sparsest one that keeps every focus floor is also the sparsest
-  run, the level with half of its remaining weights removed is queued (0.98
-  -> 0.99 -> 0.995 ...), up to the top of the strategy's threshold range and
-  while at least one of the model's weights would remain;
-* once a sparser level missed a floor, the level midway between the two (in
-  remaining weights) is queued, until they are within ``RESOLUTION`` of each
+* while none has missed a focus floor, the level above the sparsest, with
+  half of its remaining weights removed, is queued (0.98 -> 0.99 -> 0.995
+  ...), up to the top of the strategy's threshold range and while at least
+  one of the model's weights would remain;
+* once one missed (complete, or stopped at a rung or the ceiling: its focus
+  constraints, as the samplers see them), the level midway (in remaining
+  weights) between the least sparse miss and the sparsest level below it that
+  kept the floors is queued, until they are within ``RESOLUTION`` of each
   other.
 
 A level still waiting or running between them decides first. The levels
@@ -39,24 +42,26 @@ from typing import Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from automtl import focus, space, study_storage
+from automtl import space, study_storage
 from automtl.config.schema import SEED_STRATEGY, SearchConfig
-from automtl.objectives import of_attrs as objectives_of
-from automtl.records import StudyRecord, TrialRecord
+from automtl.records import StudyRecord
+from automtl.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+DECIDED = (TrialState.COMPLETE, TrialState.PRUNED)
 RESOLUTION = 1.25  # stop narrowing once the kept level leaves at most 1.25x the weights the missed one does
 
 
 def next_level(levels: Mapping[float, bool | None], total_parameters: int, high: float) -> float | None:
     """The next global-magnitude share to run, given ``levels`` (share -> kept every floor, missed one, or None
-    while waiting or running), or None: nothing kept yet, a pending level decides first, or the end is reached."""
-    kept = [share for share, inside in levels.items() if inside]
+    while waiting or running), or None: nothing kept yet, a pending level decides first, or the end is reached.
+    As for the ceiling, the least sparse miss counts, even below a level that kept the floors."""
+    high_miss = min((share for share, inside in levels.items() if inside is False), default=None)
+    kept = [share for share, inside in levels.items() if inside and (high_miss is None or share < high_miss)]
     if not kept:
         return None
     low = max(kept)
-    high_miss = min((share for share, inside in levels.items() if inside is False and share > low), default=None)
     if any(inside is None and share > low and (high_miss is None or share < high_miss)
            for share, inside in levels.items()):
         return None
@@ -69,42 +74,50 @@ def next_level(levels: Mapping[float, bool | None], total_parameters: int, high:
     return level if within and not any(math.isclose(level, share) for share in levels) else None
 
 
-def levels(study: optuna.Study, config: SearchConfig, task_names: list[str]) -> dict[float, bool | None]:
-    """The queued plans of global magnitude alone: share -> whether the validation metrics keep every focus
-    floor (complete), or None (waiting or running)."""
-    floors, objectives = focus.of_attrs(study.user_attrs), objectives_of(study.user_attrs)
-    found: dict[float, bool | None] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)):
-        if not study_storage.was_queued(trial):
-            continue
+def _share(trial: FrozenTrial, config: SearchConfig, task_names: list[str]) -> float | None:
+    """The share of a queued plan of global magnitude alone, else None (a sampled plan, another queued plan, or
+    fixed parameters this config does not read)."""
+    if not study_storage.was_queued(trial):
+        return None
+    try:
         plan = space.plan_from_params(trial.system_attrs["fixed_params"], config, task_names)
-        if plan.order != [SEED_STRATEGY]:
+    except ValueError:
+        return None
+    return plan.thresholds[SEED_STRATEGY] if plan.order == [SEED_STRATEGY] else None
+
+
+def levels(study: optuna.Study, config: SearchConfig, task_names: list[str]) -> dict[float, bool | None]:
+    """The queued plans of global magnitude alone: share -> whether they meet every focus floor (their focus
+    constraints, as the samplers see them: complete, or stopped at a rung or the ceiling), or None (waiting or
+    running)."""
+    found: dict[float, bool | None] = {}
+    for trial in study.get_trials(deepcopy=False, states=(*DECIDED, TrialState.WAITING, TrialState.RUNNING)):
+        share = _share(trial, config, task_names)
+        if share is None:
             continue
-        share = plan.thresholds[SEED_STRATEGY]
-        if trial.state == TrialState.COMPLETE:
-            found[share] = found.get(share) is not False and focus.contains(
-                floors, objectives, TrialRecord.from_trial(trial).result.metrics)
+        if trial.state in DECIDED:
+            found[share] = found.get(share) is not False and all(v <= 0 for v in trial.constraints.values())
         else:
             found.setdefault(share, None)
     return found
 
 
-def climb(study: optuna.Study, finished: FrozenTrial, config: SearchConfig) -> float | None:
-    """Queue the next level when ``finished`` is a queued global-magnitude level; returns the level queued, or
-    None."""
-    if not (config.focus and config.focus.climb and finished.state == TrialState.COMPLETE
-            and study_storage.was_queued(finished)):
-        return None
-    plan = TrialRecord.from_trial(finished)
-    if plan.order != [SEED_STRATEGY]:
+def climb(run: RunDir, study: optuna.Study, finished: FrozenTrial, config: SearchConfig) -> float | None:
+    """Queue the next level when ``finished`` is a queued global-magnitude level that completed or was stopped;
+    returns the level queued, or None. Reading the levels and queueing the next hold the run's ask lock, so two
+    workers telling at once do not queue one level twice."""
+    if not (config.focus and config.focus.climb and finished.state in DECIDED):
         return None
     record = StudyRecord.of(study)
-    level = next_level(levels(study, config, record.tasks), record.total_parameters,
-                       config.pruning.strategies[SEED_STRATEGY].high)
-    if level is None:
+    share = _share(finished, config, record.tasks)
+    if share is None:
         return None
-    StudyRecord.write(study, climbed=[*record.climbed, level])
-    space.enqueue(study, config.seed_plan(level), config, record.tasks)
-    log.info("global magnitude at %g done (trial %d): queued the level %g", plan.thresholds[SEED_STRATEGY],
-             finished.number, level)
+    with run.asking():
+        level = next_level(levels(study, config, record.tasks), record.total_parameters,
+                           config.pruning.strategies[SEED_STRATEGY].high)
+        if level is None:
+            return None
+        StudyRecord.write(study, climbed=[*StudyRecord.of(study).climbed, level])
+        space.enqueue(study, config.seed_plan(level), config, record.tasks)
+    log.info("global magnitude at %g done (trial %d): queued the level %g", share, finished.number, level)
     return level

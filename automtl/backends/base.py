@@ -77,10 +77,10 @@ def failure(exc: BaseException) -> str:
 def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialResult | TrialStopped | str,
          config: SearchConfig, worker: str | None = None) -> FrozenTrial:
     """Record how ``trial`` ended and tell the study, alike from every backend: complete (then the weights of
-    the trials it dominates may go, :func:`automtl.retention.release_dominated`, and the seeded front may
-    climb a level, :func:`automtl.climb.climb`), stopped at a rung (told
+    the trials it dominates may go, :func:`automtl.retention.release_dominated`), stopped at a rung (told
     PRUNED, with where and at what cost) or failed (``outcome`` is the reason; told FAIL). A complete or
-    stopped trial also gets its focus constraints (Optuna keeps the objective values when told)."""
+    stopped trial also gets its focus constraints (Optuna keeps the objective values when told), and may queue
+    the next global-magnitude level (:func:`automtl.climb.climb`)."""
     if worker is not None:
         trial.set_user_attr("worker", worker)
     if isinstance(outcome, TrialStopped):
@@ -89,7 +89,9 @@ def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialRe
         if outcome.ceiling is not None:
             trial.set_user_attr(CEILING, outcome.ceiling)
         _constrain(trial, outcome.metrics, study.user_attrs)
-        return study.tell(trial, state=TrialState.PRUNED)
+        finished = study.tell(trial, state=TrialState.PRUNED)
+        climb(run, study, finished, config)
+        return finished
     if isinstance(outcome, str):
         record_failure(trial, outcome)
         if outcome != INTERRUPTED:
@@ -100,7 +102,7 @@ def tell(run: RunDir, study: optuna.Study, trial: optuna.Trial, outcome: TrialRe
     _constrain(trial, outcome.metrics, study.user_attrs)
     finished = study.tell(trial, outcome.values)
     retention.release_dominated(run, study, config.keep_weights)
-    climb(study, finished, config)
+    climb(run, study, finished, config)
     return finished
 
 
