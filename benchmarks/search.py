@@ -564,7 +564,7 @@ LEVERS = {
     "without a searched learning rate": ["fine_tune.lr={middle_lr}"],  # the range's geometric middle, fixed
     "with hypervolume promotion": ["rungs.promote=hypervolume"],  # rungs let on the largest hypervolume shares
     "without the ceiling": ["focus.ceiling=false"],  # queued plans past a seed below the floor fine-tuned too
-    "with the climb": ["focus.climb=true"],  # global-magnitude levels queued towards the floors
+    "without the climb": ["focus.climb=false"],  # no global-magnitude levels queued past the seeded front
     "with a cosine fine-tune": ["fine_tune.schedule=cosine"],  # the learning rate decays to 0 (constant shipped)
 }
 
