@@ -42,8 +42,6 @@ import optuna
 from optuna.trial import TrialState
 
 from automtl import objectives, study_storage
-from automtl.ceiling import Ceiling
-from automtl.config.schema import RungsConfig
 from automtl.metrics import MAXIMIZE
 from automtl.promotion import PROMOTIONS
 from automtl.records import RUNGS
@@ -117,25 +115,22 @@ def goes_on(number: int, judged: Mapping[int, Sequence[float]], directions: Sequ
 
 
 class RungGate:
-    """Judges one trial at its rungs through the study's storage (from any process that can open it); holds
-    the search's sparsity ``ceiling`` (:mod:`automtl.ceiling`) that may stop it before its fine-tune."""
+    """Judges one trial at its rungs through the study's storage (from any process that can open it)."""
 
     def __init__(self, study: optuna.Study, number: int, directions: Sequence[str], reduction: int,
-                 promote: str = "rank", ceiling: Ceiling | None = None):
+                 promote: str = "rank"):
         self.study, self.number = study, number
         self.directions, self.reduction, self.promote = list(directions), reduction, promote
-        self.ceiling = ceiling
         self.recorded: dict[str, list[float]] = {}
 
     @classmethod
     def of(cls, study: optuna.Study, number: int, config: "SearchConfig", problem: "Problem") -> "RungGate | None":
-        """The gate of trial ``number``, or None when the config has neither rungs nor a ceiling."""
-        ceiling = Ceiling.of(study, number, config)
-        if config.rungs is None and ceiling is None:
+        """The gate of trial ``number``, or None when the config has no rungs."""
+        rungs = config.rungs
+        if rungs is None:
             return None
-        rungs = config.rungs or RungsConfig()
         return cls(study, number, [o.direction for o in judged_objectives(config, problem)], rungs.reduction,
-                   rungs.promote, ceiling)
+                   rungs.promote)
 
     def __call__(self, epochs: int, values: Sequence[float]) -> bool:
         """Record ``values`` at the rung of ``epochs``; True when the trial goes on."""

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import optuna
 import torch
 from torch import nn
 
 from automtl import checkpoints, dense as dense_mod, objectives, stacked
+from automtl.ceiling import Ceiling
 from automtl.config import SearchConfig
 from automtl.devices import batch_size, resolve_device
 from automtl.errors import TrialFailed
@@ -35,7 +37,7 @@ from automtl.pruning.gradual import GradualMasks
 from automtl.records import TrialResult
 from automtl.rundir import weights_path
 from automtl.space import TrialPlan
-from automtl.rungs import Gate, RungGate, RungJudge, TrialStopped, judged_objectives
+from automtl.rungs import RungGate, RungJudge, TrialStopped, judged_objectives
 from automtl.train import Distillation, Teacher, batches_per_epoch, evaluate, fit, recalibrate_batchnorm
 from automtl.weighting import Weighting, make_weighting
 
@@ -112,6 +114,23 @@ Outcome = TrialResult | TrialStopped | Exception
 """How one trial of a batch ended: a result, stopped at a rung, or the exception that failed it."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """One trial to run: its plan and number, the ``gate`` judging it at its rungs (None: fine-tuned in full)
+    and the sparsity ``ceiling`` it is held to before its fine-tune (:mod:`automtl.ceiling`; None: none)."""
+
+    plan: TrialPlan
+    number: int
+    gate: RungGate | None = None
+    ceiling: Ceiling | None = None
+
+    @classmethod
+    def of(cls, plan: TrialPlan, number: int, study: optuna.Study, bench: Bench) -> "Job":
+        """Trial ``number`` of ``study`` with the gate and ceiling its search's config asks for."""
+        return cls(plan, number, RungGate.of(study, number, bench.config, bench.problem),
+                   Ceiling.of(study, number, bench.config))
+
+
 @dataclass
 class _Pruned:
     """A trial after pruning: its model with masks, and what its fine-tune needs."""
@@ -128,21 +147,20 @@ class _Pruned:
     fine_tune_seconds: float | None = None  # None until fine-tuned
 
 
-def run(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None = None) -> TrialResult:
+def run(job: Job, bench: Bench) -> TrialResult:
     """Prune, fine-tune, evaluate and save; raise TrialFailed on a non-finite result.
 
-    With ``gate`` (:class:`automtl.rungs.RungGate`) and ``rungs`` configured, the trial is judged at every
-    rung milestone on its validation objectives and raises :class:`~automtl.rungs.TrialStopped` when the gate
-    says stop; also, before any epoch, when its pruned model reaches the gate's ceiling (:mod:`automtl.ceiling`).
+    With the job's gate and ``rungs`` configured, the trial is judged at every rung milestone on its
+    validation objectives and raises :class:`~automtl.rungs.TrialStopped` when the gate says stop; also,
+    before any epoch, when its pruned model reaches the job's ceiling.
     """
-    trial = _prune(plan, bench, number, gate)
+    trial = _prune(job, bench)
     _fine_tune_alone(trial, bench)
     return _finish(trial, bench)
 
 
-def run_batch(jobs: list[tuple[TrialPlan, int, Gate | None]], bench: Bench,
-              report: Callable[[int, Outcome], None]) -> None:
-    """Run ``jobs`` (plan, trial number, gate), fine-tuning those that can share one vectorised pass
+def run_batch(jobs: list[Job], bench: Bench, report: Callable[[int, Outcome], None]) -> None:
+    """Run ``jobs``, fine-tuning those that can share one vectorised pass
     together (:mod:`automtl.stacked`); ``report(index, outcome)`` as soon as each one ends.
 
     Each trial's result is the one :func:`run` gives it alone, within float tolerance. Pruning, rung
@@ -155,9 +173,9 @@ def run_batch(jobs: list[tuple[TrialPlan, int, Gate | None]], bench: Bench,
         report(index, outcome)
 
     pruned: dict[int, _Pruned] = {}
-    for index, (plan, number, gate) in enumerate(jobs):
+    for index, job in enumerate(jobs):
         try:
-            pruned[index] = _prune(plan, bench, number, gate)
+            pruned[index] = _prune(job, bench)
         except Exception as exc:  # noqa: BLE001 - one trial's failure is its own
             ended(index, exc)
     stackable = {i: t for i, t in pruned.items() if type(t.weighting).stackable}
@@ -181,9 +199,9 @@ def run_batch(jobs: list[tuple[TrialPlan, int, Gate | None]], bench: Bench,
         ended(index, outcome)
 
 
-def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pruned:
+def _prune(job: Job, bench: Bench) -> _Pruned:
     """Apply the plan's strategies to a copy of the dense model and set up its fine-tune."""
-    config = bench.config
+    plan, number, config = job.plan, job.number, bench.config
     problem, dense = bench.on(resolve_device(config.backend.device))
     seed = config.seed + number
     torch.manual_seed(seed)
@@ -194,7 +212,7 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
         aggregate=config.pruning.aggregate, heads=config.pruning.heads, seed=seed,
     )
     planned = apply(model, plan.steps, ctx)
-    reached = gate.ceiling.reached(planned.sparsity) if isinstance(gate, RungGate) and gate.ceiling else None
+    reached = job.ceiling.reached(planned.sparsity) if job.ceiling else None
     if reached:
         _, reference, metrics = reached
         raise TrialStopped(0, [], metrics, time.perf_counter() - started, ceiling=reference)
@@ -204,7 +222,7 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
     gradual_masks = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(
         problem, config.fine_tune.recipe(plan.lr)))) if gradual else None)
     judge = None
-    if gate and config.rungs:
+    if job.gate and config.rungs:
         wanted = judged_objectives(config, bench.problem)
 
         def score() -> tuple[list[float], dict[str, float]]:  # the trial's judged objectives now
@@ -213,7 +231,7 @@ def _prune(plan: TrialPlan, bench: Bench, number: int, gate: Gate | None) -> _Pr
             _require_finite(metrics)
             return [float(v) for v in _measures(planned, metrics, problem, {}, wanted)], metrics
 
-        judge = RungJudge(config.rungs.milestones(config.fine_tune.epochs)[:-1], gate, score)
+        judge = RungJudge(config.rungs.milestones(config.fine_tune.epochs)[:-1], job.gate, score)
     return _Pruned(plan, number, model, ctx, planned, weighting, gradual_masks, judge, time.perf_counter() - started)
 
 

@@ -306,9 +306,9 @@ def arithmetic(root: Path, k: int = 8, epochs: int = 2) -> list[str]:
     threads, rows, stacking = torch.get_num_threads(), [], {}
     for n in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(n)
-        alone = sum(trial.run(plan, bench, number).fine_tune_seconds for number, plan in enumerate(plans))
+        alone = sum(trial.run(trial.Job(plan, number), bench).fine_tune_seconds for number, plan in enumerate(plans))
         stacked: dict[int, float] = {}
-        trial.run_batch([(plan, number, None) for number, plan in enumerate(plans)], bench,
+        trial.run_batch([trial.Job(plan, number) for number, plan in enumerate(plans)], bench,
                         lambda index, result: stacked.setdefault(index, result.fine_tune_seconds))
         fine_tune = (work / alone, work / sum(stacked.values()))
         matmul = _matmul_rates(k, batch, width)

@@ -12,7 +12,7 @@ from automtl.space import TrialPlan
 from automtl.devices import AUTO_BATCH, batch_size
 from automtl.errors import TrialFailed
 from automtl.rungs import TrialStopped
-from automtl.trial import Bench, run, run_batch
+from automtl.trial import Bench, Job, run, run_batch
 from tests.test_rungs import RUNGS, _finished, _study, leader_then_dominated
 from tests.test_search import FAST, SMOKE, cli, kill_mid_search
 
@@ -43,7 +43,7 @@ def _plans(problem, plans=PLANS):
 
 def _batched(bench, plans, gates=None):
     outcomes = {}
-    run_batch([(plan, number, (gates or {}).get(number)) for number, plan in enumerate(plans)], bench,
+    run_batch([Job(plan, number, (gates or {}).get(number)) for number, plan in enumerate(plans)], bench,
               lambda index, outcome: outcomes.setdefault(index, outcome))
     return [outcomes[i] for i in range(len(plans))]
 
@@ -61,7 +61,7 @@ def _agree(alone, batched):
 def test_every_batched_trial_matches_the_same_trial_run_alone(zoo, tmp_path, name):
     bench = _bench(zoo, name, tmp_path)
     plans = _plans(bench.problem)
-    alone = [run(plan, bench, number) for number, plan in enumerate(plans)]
+    alone = [run(Job(plan, number), bench) for number, plan in enumerate(plans)]
     batched = _batched(bench, plans)
     for one, together in zip(alone, batched, strict=True):
         _agree(one, together)
@@ -84,7 +84,7 @@ RECIPES = {
 def test_every_optimizer_and_schedule_steps_a_batched_trial_as_it_steps_alone(zoo, tmp_path, name, recipe):
     bench = _bench(zoo, name, tmp_path, *RECIPES[recipe])
     plans = _plans(bench.problem)[:3]  # stacked together (no GradNorm)
-    alone = [run(plan, bench, number) for number, plan in enumerate(plans)]
+    alone = [run(Job(plan, number), bench) for number, plan in enumerate(plans)]
     for one, together in zip(alone, _batched(bench, plans), strict=True):
         _agree(one, together)
 
@@ -107,8 +107,8 @@ def test_a_diverging_member_fails_alone_and_leaves_the_others_untouched(zoo, tmp
     diverging = TrialPlan(plans[0].order, plans[0].thresholds, "simplex", plans[0].loss_weights, 0.0, math.inf)
     outcomes = _batched(bench, [plans[0], diverging, plans[2]])
     assert isinstance(outcomes[1], TrialFailed) and "diverged" in str(outcomes[1])
-    _agree(run(plans[0], bench, 0), outcomes[0])
-    _agree(run(plans[2], bench, 2), outcomes[2])
+    _agree(run(Job(plans[0], 0), bench), outcomes[0])
+    _agree(run(Job(plans[2], 2), bench), outcomes[2])
 
 
 def test_a_member_its_rung_stops_leaves_the_batch_and_the_rest_finish(zoo, tmp_path):
@@ -117,8 +117,8 @@ def test_a_member_its_rung_stops_leaves_the_batch_and_the_rest_finish(zoo, tmp_p
     stop_second = {1: lambda epochs, values: False}  # a gate that stops trial 1 at its first rung
     outcomes = _batched(bench, plans, {n: stop_second.get(n, lambda epochs, values: True) for n in range(3)})
     assert isinstance(outcomes[1], TrialStopped) and outcomes[1].epochs == 1 and outcomes[1].seconds > 0
-    _agree(run(plans[0], bench, 0), outcomes[0])
-    _agree(run(plans[2], bench, 2), outcomes[2])
+    _agree(run(Job(plans[0], 0), bench), outcomes[0])
+    _agree(run(Job(plans[2], 2), bench), outcomes[2])
 
 
 class ItemForward(torch.nn.Module):
@@ -144,7 +144,7 @@ def test_a_model_vmap_cannot_run_falls_back_to_one_at_a_time(zoo, tmp_path, capl
     batched = _batched(bench, plans)
     assert "cannot be fine-tuned vectorised" in caplog.text
     for number, plan in enumerate(plans):
-        _agree(run(plan, bench, number), batched[number])
+        _agree(run(Job(plan, number), bench), batched[number])
 
 
 def test_batched_search_with_rungs_and_two_workers_spends_the_budget_exactly(tmp_path):

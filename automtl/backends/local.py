@@ -33,7 +33,7 @@ from automtl.config import SearchConfig
 from automtl.devices import resolve_device
 from automtl.errors import is_disk_full
 from automtl.rundir import RunDir
-from automtl.rungs import RungGate, TrialStopped
+from automtl.rungs import TrialStopped
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ def work(run: RunDir, worker: int, deadline: float | None, bench: trial_mod.Benc
             except Exception as exc:  # noqa: BLE001 - recorded as the trial's failure
                 told(index, exc)
                 continue
-            jobs.append((index, plan, trial.number, RungGate.of(study, trial.number, config, bench.problem)))
+            jobs.append((index, trial_mod.Job.of(plan, trial.number, study, bench)))
         try:
-            trial_mod.run_batch([job[1:] for job in jobs], bench, lambda i, outcome: told(jobs[i][0], outcome))
+            trial_mod.run_batch([job for _, job in jobs], bench, lambda i, outcome: told(jobs[i][0], outcome))
         except BaseException:
             for trial in list(untold.values()):  # re-spent on --resume
                 tell(run, study, trial, INTERRUPTED, config)

@@ -61,7 +61,7 @@ from automtl.devices import batch_size
 from automtl.records import StudyRecord, TrialRecord, TrialResult
 from automtl.errors import TrialFailed, UserError
 from automtl.rundir import RunDir
-from automtl.rungs import RungGate, TrialStopped
+from automtl.rungs import TrialStopped
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,6 @@ def _study(run_path: str) -> optuna.Study:
     return RunDir(run_path).load_study()
 
 
-def _gate(bench: trial_mod.Bench, number: int) -> RungGate | None:
-    """The gate of trial ``number``: it records and reads rungs (and the ceiling) through the study's storage."""
-    return RungGate.of(_study(str(bench.run_dir)), number, bench.config, bench.problem)
-
-
 def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str, Any] | None) -> None:
     """One Tune trial on a worker: run its members as one batch, report each one's result (or failure) as it
     ends and log its MLflow child run. Members the study already has (a restored batch) are skipped."""
@@ -215,10 +210,10 @@ def _trainable(params: dict, bench: trial_mod.Bench, tracking_attrs: Mapping[str
     unfit = _unfit_worker(bench, gpus)
     if unfit:
         for plan, number in members:
-            _report((plan, number, None), unfit, bench, tracking_attrs, worker, started)
+            _report(trial_mod.Job(plan, number), unfit, bench, tracking_attrs, worker, started)
         return
     study = _study(str(bench.run_dir))
-    jobs = [(plan, number, _gate(bench, number)) for plan, number in members
+    jobs = [trial_mod.Job.of(plan, number, study, bench) for plan, number in members  # gate, ceiling: via storage
             if not study_storage.is_finished(study, number)]
     trial_mod.run_batch(jobs, bench, lambda index, outcome: _report(
         jobs[index], outcome, bench, tracking_attrs, worker, started))
@@ -239,11 +234,10 @@ def _unfit_worker(bench: trial_mod.Bench, gpus: list) -> TrialFailed | None:
     return None
 
 
-def _report(job: tuple[space.TrialPlan, int, RungGate | None], outcome: trial_mod.Outcome, bench: trial_mod.Bench,
+def _report(job: trial_mod.Job, outcome: trial_mod.Outcome, bench: trial_mod.Bench,
             tracking_attrs: Mapping[str, Any] | None, worker: str, started: datetime) -> None:
-    """Report how one member (plan, trial number, gate) ended to Tune (the searcher tells its Optuna trial)
-    and log its MLflow child run."""
-    plan, number, gate = job
+    """Report how one member ended to Tune (the searcher tells its Optuna trial) and log its MLflow child run."""
+    plan, number = job.plan, job.number
     metrics = {o.name: math.nan for o in objectives.declared(bench.config, bench.problem)} | {MEMBER: number}
     record = TrialRecord(number, "running", worker=worker, **plan.as_dict())
     if isinstance(outcome, TrialStopped):
@@ -259,7 +253,7 @@ def _report(job: tuple[space.TrialPlan, int, RungGate | None], outcome: trial_mo
         record = replace(record, state="complete", values=tuple(outcome.values), result=outcome)
         payload = {"values": outcome.values, "attrs": outcome.to_attrs(), "worker": worker}
         tune.report(metrics | dict(zip(metrics, outcome.values)) | {RESULT: json.dumps(payload)})
-    record = replace(record, rungs=dict(gate.recorded) if gate else {})
+    record = replace(record, rungs=dict(job.gate.recorded) if job.gate else {})
     tracker = _tracker(tracking_attrs)
     if tracker:
         tracker.log_trial(FrozenTrial(
