@@ -155,7 +155,8 @@ class TrialRecord:
     ceiling: int | None = None  # stopped before its fine-tune at the ceiling this trial set
 
     lr: float | None = None
-    PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation", "lr")
+    schedule: str | None = None
+    PLAN = ("order", "thresholds", "loss_method", "loss_weights", "distillation", "lr", "schedule")
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> "TrialRecord":

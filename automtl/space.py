@@ -16,6 +16,7 @@ This is the only module that knows how a plan is encoded for a sampler.
   (uniform on the simplex when the u are uniform).
 * **Distillation** — ``distill.weight`` when it is a searched range.
 * **Learning rate** — ``fine_tune.lr`` when the fine-tune's learning rate is a searched range.
+* **Schedule** — ``fine_tune.schedule`` (categorical) when the fine-tune's schedule is a list.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class TrialPlan:
     loss_weights: dict[str, float] | None = None
     distillation: float = 0.0
     lr: float | None = None  # the fine-tune's learning rate when it is searched (None: the config's)
+    schedule: str | None = None  # the fine-tune's schedule when it is searched (None: the config's first)
 
     @property
     def steps(self) -> list[tuple[str, float]]:
@@ -101,8 +103,10 @@ def suggest(trial: optuna.Trial, config: SearchConfig, task_names: list[str]) ->
         weights = {t: config.loss_weights.weights[t] / total for t in task_names}
     distillation = _suggest(trial, "distill.weight", config.distillation.weight)
     lr = config.fine_tune.lr
-    return TrialPlan(order, thresholds, method, weights, distillation,
-                     _suggest(trial, "fine_tune.lr", lr) if isinstance(lr, Range) else None)
+    lr = _suggest(trial, "fine_tune.lr", lr) if isinstance(lr, Range) else None
+    schedules = config.fine_tune.searched_schedules
+    schedule = trial.suggest_categorical("fine_tune.schedule", schedules) if schedules else None
+    return TrialPlan(order, thresholds, method, weights, distillation, lr, schedule)
 
 
 def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict[str, Any]:
@@ -129,6 +133,8 @@ def encode(plan: TrialPlan, config: SearchConfig, task_names: list[str]) -> dict
     lr = config.fine_tune.lr
     if isinstance(lr, Range) and lr.low != lr.high:
         params["fine_tune.lr"] = plan.lr if plan.lr is not None else config.fine_tune.middle_lr
+    if schedules := config.fine_tune.searched_schedules:
+        params["fine_tune.schedule"] = plan.schedule or schedules[0]
     return params
 
 
@@ -140,5 +146,6 @@ def plan_from_params(params: dict[str, Any], config: SearchConfig, task_names: l
 def enqueue(study: optuna.Study, plan: PlanConfig, config: SearchConfig, task_names: list[str]) -> None:
     """Queue ``plan`` on ``study`` (``Study.enqueue_trial``): the next trial asked runs it, not a sampled plan."""
     method = plan.loss_method or config.loss_weights.methods[0]
-    decoded = TrialPlan(plan.order, plan.thresholds, method, plan.weights_for(task_names), plan.distillation, plan.lr)
+    decoded = TrialPlan(plan.order, plan.thresholds, method, plan.weights_for(task_names), plan.distillation, plan.lr,
+                        plan.schedule)
     study.enqueue_trial(encode(decoded, config, task_names))

@@ -54,6 +54,7 @@ class Member:
     distillation: float = 0.0
     before_step: Callable[[int], None] | None = None
     after_epoch: Callable[[int], bool] | None = None
+    schedule: str | None = None  # its learning-rate schedule (None: the recipe's)
     seconds: float = 0.0  # its share of the batch's wall-clock: each epoch's time split among the members in it
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -78,7 +79,7 @@ def fit_together(members: list[Member], architecture: nn.Module, problem: Proble
     # optimiser skips it.
     optimizer, scheduler = optimizer_and_schedule(
         [{"params": [*m.model.parameters(), *m.weighting.parameters()], "lr": m.lr} for m in members],
-        config, problem)
+        config, problem, [m.schedule or config.schedule for m in members])
     generator, step = torch.Generator().manual_seed(seed), 0
     train = training_split(problem, teacher)
     try:

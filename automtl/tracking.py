@@ -86,7 +86,8 @@ def rung_names(objectives: list[Objective]) -> list[str]:
 
 def trial_params(record: TrialRecord) -> dict[str, str]:
     params = {"order": " > ".join(record.order) or "(none)", "loss_method": record.loss_method,
-              "distillation": record.distillation, "lr": record.lr, "worker": record.worker}
+              "distillation": record.distillation, "lr": record.lr, "schedule": record.schedule,
+              "worker": record.worker}
     params |= {f"threshold.{k}": v for k, v in record.thresholds.items()}
     params |= {f"loss_weight.{k}": v for k, v in (record.loss_weights or {}).items()}
     return {k: str(v) for k, v in params.items() if v is not None}
@@ -286,7 +287,7 @@ def _ensure_parent(study: optuna.Study, client, uri: str, config, run_dir: Path)
         params = {"sampler": config.sampler.name, "seed": config.seed, "problem": config.problem.name,
                   "strategies": ", ".join(config.pruning.strategies), "order": config.pruning.order,
                   "loss_methods": ", ".join(config.loss_weights.methods), "objectives": ", ".join(record.objectives),
-                  "fine_tune": f"{config.fine_tune.optimizer.name}, {config.fine_tune.schedule}"}
+                  "fine_tune": f"{config.fine_tune.optimizer.name}, {' or '.join(config.fine_tune.schedule_names)}"}
         params |= {f"dense.{key}": value for key, value in record.dense_reference.items() if value is not None}
         client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
     StudyRecord.write(study, mlflow=MlflowLink(uri, name, experiment_id, parent))

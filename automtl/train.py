@@ -156,10 +156,14 @@ def schedule(config: TrainConfig, problem: Problem) -> schedules.Factor:
                             round(config.warmup_epochs * per_epoch), config.step_epochs, config.gamma)
 
 
-def optimizer_and_schedule(groups: list[dict], config: TrainConfig, problem: Problem):
-    """The recipe's optimiser over parameter ``groups`` (each with its ``lr``) and its per-batch scheduler."""
+def optimizer_and_schedule(groups: list[dict], config: TrainConfig, problem: Problem,
+                           group_schedules: list[str] | None = None):
+    """The recipe's optimiser over parameter ``groups`` (each with its ``lr``) and its per-batch scheduler
+    (the recipe's schedule, or ``group_schedules``: one per group)."""
     optimizer = make_optimizer(groups, config.optimizer)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, problem))
+    factors = ([schedule(replace(config, schedule=name), problem) for name in group_schedules]
+               if group_schedules else schedule(config, problem))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def fit(

@@ -220,7 +220,7 @@ def _prune(job: Job, bench: Bench) -> _Pruned:
     weighting = make_weighting(method, problem.task_names, plan.loss_weights, config.loss_weights.options.get(method))
     gradual = config.fine_tune.gradual
     gradual_masks = (GradualMasks(model, gradual.steps, round(gradual.epochs * batches_per_epoch(
-        problem, config.fine_tune.recipe(plan.lr)))) if gradual else None)
+        problem, config.fine_tune.recipe(plan.lr, plan.schedule)))) if gradual else None)
     judge = None
     if job.gate and config.rungs:
         wanted = judged_objectives(config, bench.problem)
@@ -244,7 +244,7 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     problem, _ = bench.on(device)
     distill = Distillation(bench.teacher(device), plan.distillation) if plan.distillation > 0 else None
     started = time.perf_counter()
-    history = fit(trial.model, problem, config.fine_tune.recipe(plan.lr), config.seed, trial.weighting, distill,
+    history = fit(trial.model, problem, config.fine_tune.recipe(plan.lr, plan.schedule), config.seed, trial.weighting, distill,
                   before_step=trial.gradual_masks, after_epoch=trial.judge)
     early = _ended_early(trial, history, time.perf_counter() - started)
     if early is not None:
@@ -274,8 +274,9 @@ def _fine_tune_together(trials: dict[int, _Pruned], bench: Bench, report: Callab
 
     members = {}
     for index, trial in trials.items():
-        member = stacked.Member(trial.model, trial.weighting, config.fine_tune.recipe(trial.plan.lr).lr,
-                                trial.plan.distillation, trial.gradual_masks)
+        recipe = config.fine_tune.recipe(trial.plan.lr, trial.plan.schedule)
+        member = stacked.Member(trial.model, trial.weighting, recipe.lr, trial.plan.distillation,
+                                trial.gradual_masks, schedule=recipe.schedule)
         member.after_epoch = goes_on(index, trial, member)
         members[index] = member
     stacked.fit_together(list(members.values()), dense, problem, config.fine_tune.recipe(), config.seed,

@@ -566,6 +566,7 @@ LEVERS = {
     "without the ceiling": ["focus.ceiling=false"],  # queued plans past a seed below the floor fine-tuned too
     "without the climb": ["focus.climb=false"],  # no global-magnitude levels queued past the seeded front
     "with a cosine fine-tune": ["fine_tune.schedule=cosine"],  # the learning rate decays to 0 (constant shipped)
+    "with a searched schedule": ["fine_tune.schedule=[constant, cosine]"],  # each plan's, a categorical
 }
 
 

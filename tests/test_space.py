@@ -5,6 +5,7 @@ import optuna
 import pytest
 
 from automtl import config as config_mod
+from automtl.errors import UserError
 from automtl.space import TrialPlan, encode, lehmer_decode, lehmer_encode, plan_from_params, suggest
 
 TASKS = ["left", "right"]
@@ -57,6 +58,37 @@ def test_sampled_plans_round_trip_through_encode(sampler):
         assert again.distillation == pytest.approx(plan.distillation)
         if plan.loss_weights:
             assert again.loss_weights == pytest.approx(plan.loss_weights)
+
+
+def test_a_listed_schedule_is_searched_per_plan_and_queued_plans_take_the_first():
+    config = make_config(extra={"fine_tune": {"epochs": 2, "schedule": ["constant", "cosine"]}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    chosen = set()
+    for _ in range(12):
+        trial = study.ask()
+        plan = suggest(trial, config, TASKS)
+        study.tell(trial, 0.5)
+        chosen.add(plan.schedule)
+        assert plan_from_params(encode(plan, config, TASKS), config, TASKS).schedule == plan.schedule
+        assert config.fine_tune.recipe(plan.lr, plan.schedule).schedule == plan.schedule
+    assert chosen == {"constant", "cosine"}
+    queued = TrialPlan(["taylor"], {"taylor": 0.4}, "simplex", {"left": 0.5, "right": 0.5})
+    assert encode(queued, config, TASKS)["fine_tune.schedule"] == "constant"
+    assert suggest(optuna.trial.FixedTrial({"use.taylor": True, "threshold.taylor": 0.1, "loss.u.left": 0.5,
+                                            "loss.u.right": 0.5} | {f"use.{n}": False for n in ("magnitude", "activation")}
+                                           | {"order.0": 0, "order.1": 0}), make_config(), TASKS).schedule is None
+
+
+@pytest.mark.parametrize("schedule, plan_schedule, wrong", [
+    (["cosine", "cosine"], None, "distinct names"),
+    (["constant", "cosine"], "onecycle", "enqueue.0.schedule onecycle needs fine_tune.schedule to be a list"),
+    ("cosine", "cosine", "enqueue.0.schedule cosine needs fine_tune.schedule to be a list"),
+    (["constant", "triangle"], None, "triangle"),
+])
+def test_a_searched_schedule_names_what_is_wrong(schedule, plan_schedule, wrong):
+    plan = {"order": ["taylor"], "thresholds": {"taylor": 0.4}, "loss_weights": "equal", "schedule": plan_schedule}
+    with pytest.raises(UserError, match=wrong):
+        make_config(extra={"fine_tune": {"epochs": 2, "schedule": schedule}, "enqueue": [plan]})
 
 
 def test_encoding_a_hand_written_plan_lets_users_enqueue_it():

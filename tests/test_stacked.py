@@ -2,11 +2,13 @@
 
 import math
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from optuna.trial import TrialState
 
+from automtl import checkpoints
 from automtl.config import load
 from automtl.space import TrialPlan
 from automtl.devices import AUTO_BATCH, batch_size
@@ -87,6 +89,21 @@ def test_every_optimizer_and_schedule_steps_a_batched_trial_as_it_steps_alone(zo
     alone = [run(Job(plan, number), bench) for number, plan in enumerate(plans)]
     for one, together in zip(alone, _batched(bench, plans), strict=True):
         _agree(one, together)
+
+
+@pytest.mark.parametrize("name", ["mlp", "user_resnet"])
+def test_batched_trials_each_follow_their_own_searched_schedule(zoo, tmp_path, name):
+    bench = _bench(zoo, name, tmp_path, "fine_tune.schedule=[constant, cosine, onecycle]")
+    plans = [replace(plan, schedule=schedule)
+             for plan, schedule in zip(_plans(bench.problem)[:3], ["cosine", "onecycle", "constant"])]
+    alone = [run(Job(plan, number), bench) for number, plan in enumerate(plans)]
+    for one, together in zip(alone, _batched(bench, plans), strict=True):
+        _agree(one, together)
+    constant = run(Job(replace(plans[0], schedule="constant"), 7), bench)
+    cosine, _ = checkpoints.load(tmp_path / alone[0].weights)
+    assert any(not torch.equal(weights, cosine[key])
+               for key, weights in checkpoints.load(tmp_path / constant.weights)[0].items()), \
+        "the plan's schedule, not the first listed, drives its fine-tune"
 
 
 def test_a_batch_counts_its_wall_clock_once_in_its_trials_compute(zoo, tmp_path):

@@ -35,6 +35,7 @@ OBJECTIVES = ("sparsity", "metrics", "parameters", "flops", "latency_ms")
 SEED_STRATEGY = "global_magnitude"
 DEVICES = ("auto", "cpu", "cuda")  # where trials compute
 IN_MEMORY = "in-memory:"  # problem.name of a run whose Problem was passed as an object
+ScheduleName = Literal[tuple(SCHEDULES)]
 RESUMABLE = ("trials", "timeout", "workers", "threads", "trial_batch", "tracking", "backend", "data", "keep_weights")
 
 
@@ -139,7 +140,7 @@ class TrainSettings(Strict):
     lr: PositiveFloat = 1e-3
     batch_size: PositiveInt = 128
     optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: Literal[tuple(SCHEDULES)] = "constant"
+    schedule: ScheduleName = "constant"
     warmup_epochs: float = Field(0.0, ge=0.0)
     step_epochs: PositiveInt | None = None
     gamma: float = Field(0.1, gt=0.0, le=1.0)
@@ -149,19 +150,26 @@ class TrainSettings(Strict):
     def _schedule_fits(self) -> "TrainSettings":
         if self.epochs != "auto" and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs {self.warmup_epochs:g} must be below epochs {self.epochs}")
-        if self.warmup_epochs and self.schedule in WARMS_UP_ITSELF:
-            raise ValueError(f"schedule {self.schedule} warms up by itself: leave warmup_epochs at 0")
-        if (self.schedule == "step") != (self.step_epochs is not None):
+        warming = [name for name in self.schedule_names if name in WARMS_UP_ITSELF]
+        if self.warmup_epochs and warming:
+            raise ValueError(f"schedule {warming[0]} warms up by itself: leave warmup_epochs at 0")
+        if ("step" in self.schedule_names) != (self.step_epochs is not None):
             raise ValueError("schedule step needs step_epochs (decay every that many epochs), and step_epochs "
                              "applies to schedule step only")
         return self
 
-    def recipe(self, lr: float | None = None) -> TrainConfig:
-        """The :class:`~automtl.train.TrainConfig` of these settings (at learning rate ``lr`` if given)."""
+    @property
+    def schedule_names(self) -> tuple[str, ...]:
+        """The schedule, or the schedules a fine-tune searches among (the first where a plan names none)."""
+        return (self.schedule,) if isinstance(self.schedule, str) else tuple(self.schedule)
+
+    def recipe(self, lr: float | None = None, schedule: str | None = None) -> TrainConfig:
+        """The :class:`~automtl.train.TrainConfig` of these settings (at learning rate ``lr`` and with
+        ``schedule`` if given)."""
         if self.epochs == "auto":
             raise ValueError("epochs auto is chosen at the search's start (automtl.fidelity.resolve)")
         return TrainConfig(epochs=self.epochs, lr=self.lr if lr is None else lr, batch_size=self.batch_size,
-                           optimizer=self.optimizer.settings(), schedule=self.schedule,
+                           optimizer=self.optimizer.settings(), schedule=schedule or self.schedule_names[0],
                            warmup_epochs=self.warmup_epochs, step_epochs=self.step_epochs or 1, gamma=self.gamma,
                            grad_clip=self.grad_clip)
 
@@ -199,11 +207,13 @@ class GradualConfig(Strict):
 class FineTuneSettings(TrainSettings):
     """The fine-tune of every trial (its full fidelity when rungs stop trials early); ``lr`` may be a
     searched range (each trial's plan then carries its own learning rate), given in multiples of the dense
-    training's ``lr`` with ``relative: true``; ``epochs: auto`` is chosen at the search's start from the
+    training's ``lr`` with ``relative: true``; ``schedule`` may be a list of schedules searched per plan
+    (a categorical; queued plans that name none take the first); ``epochs: auto`` is chosen at the search's start from the
     measured cost of one epoch and the ``timeout`` (:mod:`automtl.fidelity`)."""
 
     epochs: PositiveInt | Literal["auto"]
     lr: PositiveFloat | Range = 1e-3
+    schedule: ScheduleName | list[ScheduleName] = "constant"
     gradual: GradualConfig | None = None
 
     @field_validator("lr")
@@ -213,15 +223,27 @@ class FineTuneSettings(TrainSettings):
             raise ValueError(f"a learning-rate range needs low > 0, got {value.low}")
         return value
 
+    @field_validator("schedule")
+    @classmethod
+    def _distinct_schedules(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"a searched schedule needs distinct names from {list(SCHEDULES)}")
+        return value
+
+    @property
+    def searched_schedules(self) -> tuple[str, ...]:
+        """The schedules each plan chooses among (empty when there is one)."""
+        return self.schedule_names if len(self.schedule_names) > 1 else ()
+
     @property
     def middle_lr(self) -> float:
         """The fixed learning rate, or the geometric middle of the searched range."""
         return self.lr if isinstance(self.lr, float) else math.sqrt(self.lr.low * self.lr.high)
 
-    def recipe(self, lr: float | None = None) -> TrainConfig:
+    def recipe(self, lr: float | None = None, schedule: str | None = None) -> TrainConfig:
         """The :class:`~automtl.train.TrainConfig` of a trial with learning rate ``lr`` (default:
-        :attr:`middle_lr`)."""
-        return super().recipe(self.middle_lr if lr is None else lr)
+        :attr:`middle_lr`) and ``schedule`` (default: the first of :attr:`schedule_names`)."""
+        return super().recipe(self.middle_lr if lr is None else lr, schedule)
 
 
 class RungsConfig(Strict):
@@ -369,6 +391,7 @@ class PlanConfig(Strict):
     loss_weights: dict[str, float] | Literal["equal"] | None = None  # equal: 1 / tasks each, any task names
     distillation: float = 0.0
     lr: PositiveFloat | None = None  # the fine-tune's learning rate, when it is searched (else the config's)
+    schedule: ScheduleName | None = None  # the fine-tune's schedule, when it is searched (else the first)
 
     def weights_for(self, task_names: list[str]) -> dict[str, float] | None:
         """The plan's task-loss weights on a problem with ``task_names``."""
@@ -476,6 +499,9 @@ class SearchConfig(Strict):
             lr = self.fine_tune.lr
             if plan.lr is not None and not (isinstance(lr, Range) and lr.low <= plan.lr <= lr.high):
                 raise ValueError(f"{where}.lr {plan.lr} needs fine_tune.lr to be a range that holds it, got {lr}")
+            if plan.schedule is not None and plan.schedule not in self.fine_tune.searched_schedules:
+                raise ValueError(f"{where}.schedule {plan.schedule} needs fine_tune.schedule to be a list that "
+                                 f"holds it, got {self.fine_tune.schedule}")
         return self
 
     @model_validator(mode="before")
