@@ -244,8 +244,8 @@ def _fine_tune_alone(trial: _Pruned, bench: Bench) -> None:
     problem, _ = bench.on(device)
     distill = Distillation(bench.teacher(device), plan.distillation) if plan.distillation > 0 else None
     started = time.perf_counter()
-    history = fit(trial.model, problem, config.fine_tune.recipe(plan.lr, plan.schedule), config.seed, trial.weighting, distill,
-                  before_step=trial.gradual_masks, after_epoch=trial.judge)
+    history = fit(trial.model, problem, config.fine_tune.recipe(plan.lr, plan.schedule), config.seed,
+                  trial.weighting, distill, before_step=trial.gradual_masks, after_epoch=trial.judge)
     early = _ended_early(trial, history, time.perf_counter() - started)
     if early is not None:
         raise early

@@ -74,9 +74,9 @@ def test_a_listed_schedule_is_searched_per_plan_and_queued_plans_take_the_first(
     assert chosen == {"constant", "cosine"}
     queued = TrialPlan(["taylor"], {"taylor": 0.4}, "simplex", {"left": 0.5, "right": 0.5})
     assert encode(queued, config, TASKS)["fine_tune.schedule"] == "constant"
-    assert suggest(optuna.trial.FixedTrial({"use.taylor": True, "threshold.taylor": 0.1, "loss.u.left": 0.5,
-                                            "loss.u.right": 0.5} | {f"use.{n}": False for n in ("magnitude", "activation")}
-                                           | {"order.0": 0, "order.1": 0}), make_config(), TASKS).schedule is None
+    fixed = {"use.taylor": True, "use.magnitude": False, "use.activation": False, "order.0": 0, "order.1": 0,
+             "threshold.taylor": 0.1, "loss.u.left": 0.5, "loss.u.right": 0.5}
+    assert suggest(optuna.trial.FixedTrial(fixed), make_config(), TASKS).schedule is None, "one schedule: not searched"
 
 
 @pytest.mark.parametrize("schedule, plan_schedule, wrong", [

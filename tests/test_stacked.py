@@ -91,7 +91,7 @@ def test_every_optimizer_and_schedule_steps_a_batched_trial_as_it_steps_alone(zo
         _agree(one, together)
 
 
-@pytest.mark.parametrize("name", ["mlp", "user_resnet"])
+@pytest.mark.parametrize("name", ZOO_MODELS)
 def test_batched_trials_each_follow_their_own_searched_schedule(zoo, tmp_path, name):
     bench = _bench(zoo, name, tmp_path, "fine_tune.schedule=[constant, cosine, onecycle]")
     plans = [replace(plan, schedule=schedule)

@@ -208,8 +208,8 @@ class FineTuneSettings(TrainSettings):
     """The fine-tune of every trial (its full fidelity when rungs stop trials early); ``lr`` may be a
     searched range (each trial's plan then carries its own learning rate), given in multiples of the dense
     training's ``lr`` with ``relative: true``; ``schedule`` may be a list of schedules searched per plan
-    (a categorical; queued plans that name none take the first); ``epochs: auto`` is chosen at the search's start from the
-    measured cost of one epoch and the ``timeout`` (:mod:`automtl.fidelity`)."""
+    (a categorical; queued plans that name none take the first); ``epochs: auto`` is chosen at the search's
+    start from the measured cost of one epoch and the ``timeout`` (:mod:`automtl.fidelity`)."""
 
     epochs: PositiveInt | Literal["auto"]
     lr: PositiveFloat | Range = 1e-3
