@@ -4,19 +4,18 @@ The rule, for any problem: the search's compute budget (``timeout`` seconds
 times ``workers``, the trials computed at once) must hold :data:`FULL_FINE_TUNES`
 full fine-tunes, each costing ``epochs`` times the measured seconds of one
 fine-tune epoch (a few batches of the dense model timed in the process that
-starts the search, with a worker's threads). The full fine-tune is the largest
-epoch count on the rung ladder (``rungs.min_epochs`` times ``reduction`` to a
-power of at least 1, at most :data:`MAX_EPOCHS`) that fits; when none fits, the
-most whole epochs that do, at least one. So a cheap model fine-tunes long and
+starts the search, with a worker's threads). The full fine-tune is the most
+whole epochs that fit, at least one and at most :data:`MAX_EPOCHS`; it moves
+by one epoch when the measured cost moves by a few per cent, never by a whole
+rung. So a cheap model fine-tunes long and
 an expensive one briefly, and every search gets about as many trials to the
 full fine-tune. The choice is written into the run directory's config and onto
 the study (``fidelity``), so every worker, ``--resume`` and export use it.
 
 Example:
-    >>> from automtl.config import RungsConfig
-    >>> full_epochs(epoch_seconds=0.2, budget_seconds=200, rungs=RungsConfig(min_epochs=1, reduction=3))
-    27
-    >>> full_epochs(epoch_seconds=2.5, budget_seconds=200, rungs=RungsConfig(min_epochs=1, reduction=3))
+    >>> full_epochs(epoch_seconds=0.2, budget_seconds=200)
+    33
+    >>> full_epochs(epoch_seconds=2.5, budget_seconds=200)
     2
 """
 
@@ -31,7 +30,7 @@ import optuna
 import torch
 from torch import nn
 
-from automtl.config import RungsConfig, SearchConfig
+from automtl.config import SearchConfig
 from automtl.problems import Problem
 from automtl.records import StudyRecord
 from automtl.train import TrainConfig, batches_per_epoch, fit
@@ -53,16 +52,9 @@ class Fidelity:
     threads: int
 
 
-def full_epochs(epoch_seconds: float, budget_seconds: float, rungs: RungsConfig | None) -> int:
+def full_epochs(epoch_seconds: float, budget_seconds: float) -> int:
     """The rule's full fine-tune (module docstring)."""
     affordable = budget_seconds / (FULL_FINE_TUNES * max(epoch_seconds, 1e-9))
-    if rungs is not None:
-        ladder = rungs.min_epochs * rungs.reduction
-        fitting = None
-        while ladder <= min(affordable, MAX_EPOCHS):
-            fitting, ladder = ladder, ladder * rungs.reduction
-        if fitting:
-            return fitting
     return int(max(1, min(affordable, MAX_EPOCHS)))
 
 
@@ -96,7 +88,7 @@ def measure(config: SearchConfig, problem: Problem, dense: nn.Module, threads: i
     finally:
         torch.set_num_threads(previous)
     budget = budget_seconds(config)
-    return Fidelity(full_epochs(epoch, budget, config.rungs), epoch, budget, threads)
+    return Fidelity(full_epochs(epoch, budget), epoch, budget, threads)
 
 
 def resolve(config: SearchConfig, study: optuna.Study, problem: Problem, dense: nn.Module, threads: int

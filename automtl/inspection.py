@@ -117,8 +117,7 @@ def _trial_cost(model: nn.Module, problem: Problem, config: SearchConfig) -> Tri
     per_batch = fidelity.seconds_per_batch(model, problem, recipe, config.seed)
     epochs = config.fine_tune.epochs
     if epochs == "auto":  # the rule's choice for this model's measured epoch
-        epochs = fidelity.full_epochs(per_batch * batches_per_epoch(problem, recipe), fidelity.budget_seconds(config),
-                                      config.rungs)
+        epochs = fidelity.full_epochs(per_batch * batches_per_epoch(problem, recipe), fidelity.budget_seconds(config))
     tuned = time.perf_counter()
     make_permanent(model)
     sample = problem.val.sample(config.data.batch_size)

@@ -66,7 +66,7 @@ GPU_SWEEP_TRIALS = 16
 
 
 # The speed parts count trials: they run the default without its time budget, at the full fine-tune its
-# rule picks on multidigits (27 epochs).
+# rule picks on multidigits (about 27 epochs).
 BY_TRIALS = ["timeout=null", "fine_tune.epochs=27"]
 
 
