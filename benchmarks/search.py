@@ -485,7 +485,8 @@ def publish_problem(name: str, rows: list, levers: dict, args: argparse.Namespac
     floors = [k for k in keys if not k.startswith("HV")]
     ahead = sum(r[5][k] > r[6][better][1][k] for r in rows for k in floors)
     judged = len(rows) * len(floors)
-    ratio = ours["HV@0.8"] / theirs[better]["HV@0.8"] if theirs[better]["HV@0.8"] > 0 else math.inf
+    ratio = (ours["HV@0.8"] / theirs[better]["HV@0.8"] if theirs[better]["HV@0.8"] > 0
+             else math.inf if ours["HV@0.8"] > 0 else math.nan)
     gain = 100 * (ours["dense-1pt"] - theirs[better]["dense-1pt"])
     changed = "as shipped" if not overrides else "with " + ", ".join(f"`{o}`" for o in overrides)
     lines = [
@@ -508,7 +509,7 @@ def publish_problem(name: str, rows: list, levers: dict, args: argparse.Namespac
         "| mean | | | | " + " | ".join(
             "**" + " / ".join([_cell(k, ours[k]), *(_cell(k, theirs[role][k]) for role in LENGTHS)]) + "**"
             for k in keys) + " |",
-        "", f"* Against the better baseline (fine-tuning {better}): HV@0.8 **{ratio:.2f}x**; sparsity with every "
+        "", f"* Against the better baseline (fine-tuning {better}): HV@0.8 **{_times(ratio)}**; sparsity with every "
         f"task within 1 pt of dense **{gain:+.1f} pts**; ahead at {ahead} of {judged} floors (seeds x floor columns).",
     ]
     if levers:
@@ -522,9 +523,16 @@ def publish_problem(name: str, rows: list, levers: dict, args: argparse.Namespac
     command += f" --levers {name}" + (f" --lever-names '{args.lever_names}'" if args.lever_names else "") if levers else ""
     publish(f"search-baseline-{name}", lines, command, started)
     met = ratio >= 1.5 and gain >= 5 and ahead == judged
-    return (f"| {name} | {'/'.join(str(r[2]) for r in rows)} | {ratio:.2f}x | {100 * ours['dense-1pt']:.1f} % "
+    return (f"| {name} | {'/'.join(str(r[2]) for r in rows)} | {_times(ratio)} | {100 * ours['dense-1pt']:.1f} % "
             f"/ {100 * theirs[better]['dense-1pt']:.1f} % ({gain:+.1f} pts) | {ahead} / {judged} | "
             f"{'yes' if met else 'no'} |")
+
+
+def _times(ratio: float) -> str:
+    """An HV ratio as "1.23x", or what it is when the baseline's hypervolume is 0 (no plan above the reference)."""
+    if math.isnan(ratio):
+        return "both 0"
+    return f"{ratio:.2f}x" if math.isfinite(ratio) else "baseline 0"
 
 
 def _task_directions(study) -> dict[str, str]:
