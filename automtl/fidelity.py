@@ -1,16 +1,16 @@
 """How long a trial's full fine-tune is when ``fine_tune.epochs`` is ``auto``.
 
 The rule, for any problem: the search's compute budget (``timeout`` seconds
-times ``workers``, the trials computed at once) must hold :data:`FULL_FINE_TUNES`
-full fine-tunes, each costing ``epochs`` times the measured seconds of one
-fine-tune epoch (a few batches of the dense model timed in the process that
-starts the search, with a worker's threads). The full fine-tune is the most
-whole epochs that fit, at least one and at most :data:`MAX_EPOCHS`; it moves
-by one epoch when the measured cost moves by a few per cent, never by a whole
-rung. So a cheap model fine-tunes long and
-an expensive one briefly, and every search gets about as many trials to the
-full fine-tune. The choice is written into the run directory's config and onto
-the study (``fidelity``), so every worker, ``--resume`` and export use it.
+times ``workers``, the trials computed at once) must hold
+:data:`FULL_FINE_TUNES` full fine-tunes, each costing ``epochs`` times the
+measured seconds of one fine-tune epoch (a few batches of the dense model timed
+in the process that starts the search, with a worker's threads). The full
+fine-tune is the most whole epochs that fit, at least one and at most
+:data:`MAX_EPOCHS`; it moves by one epoch when the measured cost moves by a few
+per cent, never by a whole rung. So a cheap model fine-tunes long and an
+expensive one briefly, and every search gets about as many trials to the full
+fine-tune. The choice is written into the run directory's config and onto the
+study (``fidelity``), so every worker, ``--resume`` and export use it.
 
 Example:
     >>> full_epochs(epoch_seconds=0.2, budget_seconds=200)
