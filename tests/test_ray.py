@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState
 
@@ -132,7 +133,13 @@ def test_a_ray_trial_slot_fine_tunes_a_batch_and_tells_each_member_with_the_budg
     study = RunDir(run_dir).load_study()
     assert len(study.trials) == 10 and {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     leader, dominated = study.trials[:2]  # run first, in one batch
-    assert leader.state == TrialState.COMPLETE and "weights" in leader.user_attrs
+    if leader.state == TrialState.PRUNED:  # only where the other slot's plan reached the rung first, dominating it
+        # (both judged objectives, sparsity and the accuracy of "left", are maximised)
+        at_rung = {t.number: np.array(t.user_attrs["rungs"]["1"]) for t in study.trials
+                   if "1" in t.user_attrs.get("rungs", {})}
+        assert any((p >= at_rung[0]).all() and (p > at_rung[0]).any() for n, p in at_rung.items() if n > 2)
+    else:
+        assert leader.state == TrialState.COMPLETE and "weights" in leader.user_attrs
     assert dominated.state == TrialState.PRUNED and dominated.user_attrs["stopped_at"] == 1, "it left its batch"
     batches = [json.loads(p.read_text())[ray_backend.BATCH] for p in (run_dir / "tune").glob("trial-*/params.json")]
     assert sorted(n[ray_backend.NUMBER] for b in batches for n in b) == list(range(10)), "each trial in one batch"
