@@ -434,9 +434,14 @@ def _switch_levers(root: Path, run: str, overrides: list[str], wall: float, conf
                    directions: dict[str, str], args: argparse.Namespace, levers: dict) -> None:
     """The default search of ``run`` (its ``config``) again with each lever of ``--lever-names`` switched, given
     its wall-clock and full fine-tune; each variant's front quality appended to ``levers[lever]``."""
-    rungs = yaml.safe_dump(config.rungs and config.rungs.model_dump(), default_flow_style=True).strip()
-    fixed, fills = [f"fine_tune.epochs={config.fine_tune.epochs}", f"rungs={rungs}"], {
-        "middle_lr": f"{config.fine_tune.middle_lr:g}"}
+    def flow(rungs) -> str:
+        return yaml.safe_dump(rungs and rungs.model_dump(), default_flow_style=True).strip()
+
+    epochs, rungs = config.fine_tune.epochs, config.rungs
+    third = max(1, epochs // 3)
+    fixed, fills = [f"fine_tune.epochs={epochs}", f"rungs={flow(rungs)}"], {
+        "middle_lr": f"{config.fine_tune.middle_lr:g}", "third": third,
+        "third_rungs": flow(rungs if rungs and rungs.min_epochs < third else None)}  # as the rule drops them
     chosen = {k: v for k, v in LEVERS.items() if not args.lever_names or k in args.lever_names.split(",")}
     for lever, switched in chosen.items():
         variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
@@ -575,6 +580,9 @@ LEVERS = {
     "without the climb": ["focus.climb=false"],  # no global-magnitude levels queued past the seeded front
     "with a cosine fine-tune": ["fine_tune.schedule=cosine"],  # the learning rate decays to 0 (constant shipped)
     "with a searched schedule": ["fine_tune.schedule=[constant, cosine]"],  # each plan's, a categorical
+    "with gradual pruning": ["fine_tune.gradual={{epochs: 1, steps: 8}}"],  # masks closed over the first epoch
+    # as if the budget held 90 full fine-tunes, not 30 (rungs dropped where none is left before the end)
+    "with a third of the full fine-tune": ["fine_tune.epochs={third}", "rungs={third_rungs}"],
 }
 
 
