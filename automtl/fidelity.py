@@ -101,6 +101,11 @@ def resolve(config: SearchConfig, study: optuna.Study, problem: Problem, dense: 
     StudyRecord.write(study, fidelity=asdict(chosen))
     log.info("full fine-tune: %d epochs (one epoch measured %.2f s on %d threads; budget %.0f s)",
              chosen.epochs, chosen.epoch_seconds, threads, chosen.budget_seconds)
-    rungs = config.rungs if config.rungs and config.rungs.min_epochs < chosen.epochs else None
-    return config.model_copy(update={"fine_tune": config.fine_tune.model_copy(update={"epochs": chosen.epochs}),
+    return with_epochs(config, chosen.epochs)
+
+
+def with_epochs(config: SearchConfig, epochs: int) -> SearchConfig:
+    """``config`` with a full fine-tune of ``epochs``, its rungs dropped when none is left before the end."""
+    rungs = config.rungs if config.rungs and config.rungs.min_epochs < epochs else None
+    return config.model_copy(update={"fine_tune": config.fine_tune.model_copy(update={"epochs": epochs}),
                                      "rungs": rungs})

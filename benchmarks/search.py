@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 
 import baseline
 from _report import publish
-from automtl import api, pareto, trial
+from automtl import api, fidelity, pareto, trial
 from automtl.config import load, read_yaml
 from automtl.measure import flops
 from automtl.objectives import of_study
@@ -437,11 +437,10 @@ def _switch_levers(root: Path, run: str, overrides: list[str], wall: float, conf
     def flow(rungs) -> str:
         return yaml.safe_dump(rungs and rungs.model_dump(), default_flow_style=True).strip()
 
-    epochs, rungs = config.fine_tune.epochs, config.rungs
-    third = max(1, epochs // 3)
-    fixed, fills = [f"fine_tune.epochs={epochs}", f"rungs={flow(rungs)}"], {
-        "middle_lr": f"{config.fine_tune.middle_lr:g}", "third": third,
-        "third_rungs": flow(rungs if rungs and rungs.min_epochs < third else None)}  # as the rule drops them
+    third = fidelity.with_epochs(config, max(1, config.fine_tune.epochs // 3))
+    fixed, fills = [f"fine_tune.epochs={config.fine_tune.epochs}", f"rungs={flow(config.rungs)}"], {
+        "middle_lr": f"{config.fine_tune.middle_lr:g}", "third": third.fine_tune.epochs,
+        "third_rungs": flow(third.rungs)}
     chosen = {k: v for k, v in LEVERS.items() if not args.lever_names or k in args.lever_names.split(",")}
     for lever, switched in chosen.items():
         variant, _ = search(root, f"{run}-{'-'.join(lever.split()[1:])}", [
